@@ -1,0 +1,90 @@
+"""POST /v1/messages: authenticate, validate, and deliver a message through its provider now."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.logging import correlation_paths
+from relay.errors import MalformedBody, RelayError
+from relay.intake import HttpRequest, read_message
+from relay.observability import logger
+from relay.runtime import Relay, new_relay_id
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+relay = Relay.from_env()
+app = APIGatewayHttpResolver()
+
+
+@app.post("/v1/messages")
+def post_message() -> Response[str]:
+    event = app.current_event
+    request = HttpRequest(
+        headers={name.lower(): value for name, value in (event.headers or {}).items()},
+        body=_body(event.raw_event),
+    )
+    message = read_message(request, relay.credentials, relay.defaults)
+    deadline = relay.deadline(app.lambda_context.get_remaining_time_in_millis())
+    delivery = relay.deliverer.deliver(message, new_relay_id(), deadline)
+    answer: dict[str, Any] = {
+        "id": delivery.relay_id,
+        "status": "delivered",
+        "provider": delivery.provider,
+        "provider_status": delivery.provider_status,
+        "attempts": delivery.attempts,
+    }
+    if delivery.receipt is not None:
+        answer["provider_response"] = delivery.receipt
+    return _json(201, answer)
+
+
+@app.exception_handler(RelayError)
+def relay_error(error: RelayError) -> Response[str]:
+    if error.status >= 500:
+        logger.warning("request failed", extra={"status": error.status, "reason": error.reason})
+    else:
+        logger.info("request refused", extra={"status": error.status, "reason": error.reason})
+    return _json(error.status, error.answer(), error.headers())
+
+
+@app.not_found
+def not_found(_: Exception) -> Response[str]:
+    return _json(404, {"message": "not found: the relay serves POST /v1/messages"})
+
+
+@app.exception_handler(Exception)
+def unexpected_error(error: Exception) -> Response[str]:
+    # Log the type and where, not the message: an exception's text can carry request data.
+    logger.error("unexpected error", extra={"error": type(error).__name__})
+    return _json(500, {"message": "internal error"})
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)
+
+
+def _body(event: dict[str, Any]) -> bytes:
+    body = event.get("body") or ""
+    if not event.get("isBase64Encoded"):
+        return body.encode("utf-8", "surrogatepass")  # lone surrogates fail later, as a 400
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedBody("the body is not valid base64") from None
+
+
+def _json(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type="application/json",
+        body=json.dumps(body, ensure_ascii=False),
+        headers=headers,
+    )

@@ -1,0 +1,126 @@
+"""The relay's settings, read from the environment once at init into one frozen object."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from relay.phone import is_e164
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+ProviderName = Literal["lancepilot", "fluents"]
+PROVIDERS: tuple[ProviderName, ...] = ("lancepilot", "fluents")
+
+
+class ConfigError(ValueError):
+    """The deployment's environment is wrong; raised at init so the mistake shows at once."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the relay reads from its environment. Env names live here and nowhere else."""
+
+    provider_tokens_secret: str
+    auth_secret: str
+    lancepilot_api_url: str = "https://lancepilot.com/api/v3"
+    fluents_api_url: str = "https://api.fluents.ai"
+    default_provider: ProviderName | None = None
+    lancepilot_workspace_id: str | None = None
+    fluents_from_number: str | None = None
+    # Delivery tuning. The sync path must answer well inside API Gateway's 29 s.
+    connect_timeout: float = 3.05
+    read_timeout: float = 8.0
+    send_budget: float = 20.0
+    max_attempts: int = 4
+    backoff_base: float = 0.25
+    backoff_max: float = 4.0
+    max_connections: int = 10
+    secrets_max_age: int = 300
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse and check the environment; raise ConfigError naming every bad variable."""
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None  # the template passes "" for an unset parameter
+
+        def number(name: str, default: float, kind: type[float] | type[int] = float) -> float:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                problems.append(f"{name} must be a number, got {raw!r}")
+                return default
+            if value <= 0:
+                problems.append(f"{name} must be positive, got {raw!r}")
+                return default
+            return value
+
+        tokens_secret = get("PROVIDER_TOKENS_SECRET")
+        auth_secret = get("RELAY_AUTH_SECRET")
+        for name, value in (
+            ("PROVIDER_TOKENS_SECRET", tokens_secret),
+            ("RELAY_AUTH_SECRET", auth_secret),
+        ):
+            if value is None:
+                problems.append(f"{name} is required (a Secrets Manager secret id)")
+
+        default_provider = get("DEFAULT_PROVIDER")
+        if default_provider is not None and default_provider not in PROVIDERS:
+            problems.append(f"DEFAULT_PROVIDER must be one of {', '.join(PROVIDERS)}")
+            default_provider = None
+
+        workspace = get("LANCEPILOT_WORKSPACE_ID")
+        if workspace is not None and not is_uuid(workspace):
+            problems.append("LANCEPILOT_WORKSPACE_ID must be a UUID")
+        sender = get("FLUENTS_FROM_NUMBER")
+        if sender is not None and not is_e164(sender):
+            problems.append("FLUENTS_FROM_NUMBER must be an E.164 number (+ and 8-15 digits)")
+
+        urls = {}
+        for name, default in (
+            ("LANCEPILOT_API_URL", cls.lancepilot_api_url),
+            ("FLUENTS_API_URL", cls.fluents_api_url),
+        ):
+            url = (get(name) or default).rstrip("/")
+            if not url.startswith(("https://", "http://")):
+                problems.append(f"{name} must be an http(s) URL")
+            urls[name] = url
+
+        settings = cls(
+            provider_tokens_secret=tokens_secret or "",
+            auth_secret=auth_secret or "",
+            lancepilot_api_url=urls["LANCEPILOT_API_URL"],
+            fluents_api_url=urls["FLUENTS_API_URL"],
+            default_provider=default_provider,
+            lancepilot_workspace_id=workspace,
+            fluents_from_number=sender,
+            connect_timeout=number("HTTP_CONNECT_TIMEOUT", cls.connect_timeout),
+            read_timeout=number("HTTP_READ_TIMEOUT", cls.read_timeout),
+            send_budget=number("SEND_BUDGET_SECONDS", cls.send_budget),
+            max_attempts=int(number("MAX_SEND_ATTEMPTS", cls.max_attempts, int)),
+            backoff_base=number("BACKOFF_BASE_SECONDS", cls.backoff_base),
+            backoff_max=number("BACKOFF_MAX_SECONDS", cls.backoff_max),
+            max_connections=int(number("MAX_PROVIDER_CONNECTIONS", cls.max_connections, int)),
+            secrets_max_age=int(number("SECRETS_MAX_AGE_SECONDS", cls.secrets_max_age, int)),
+        )
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return settings
+
+
+def is_uuid(value: str) -> bool:
+    """True for a canonical 8-4-4-4-12 hex UUID."""
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False

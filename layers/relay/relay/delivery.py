@@ -1,0 +1,140 @@
+"""Delivery: send one validated message through its provider and classify what happened."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from urllib3.exceptions import InvalidHeader
+from urllib3.util import Retry
+
+from relay.errors import ProviderRejected, ProviderTimeout, ProviderUnavailable, RelayError
+from relay.observability import logger
+from relay.phone import mask
+from relay.providers import build_request, read_error, read_receipt
+from relay.transport import RETRY_STATUSES, SendFailed, SendTimedOut
+
+if TYPE_CHECKING:
+    from relay.config import ProviderName, Settings
+    from relay.message import Message
+    from relay.secrets import Credentials
+    from relay.transport import Reply, Transport
+
+DEFAULT_RETRY_AFTER = 10
+MAX_RETRY_AFTER = 3600
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message the provider accepted."""
+
+    relay_id: str
+    provider: ProviderName
+    provider_status: int
+    receipt: dict[str, Any] | None  # the provider's answer, when it sent a JSON object
+    attempts: int
+    latency_ms: float
+
+
+class Deliverer:
+    """Sends messages; one per process, sharing the transport's connection pool."""
+
+    def __init__(self, settings: Settings, transport: Transport, credentials: Credentials) -> None:
+        self._settings = settings
+        self._transport = transport
+        self._credentials = credentials
+
+    def deliver(self, message: Message, relay_id: str, deadline: float) -> Delivery:
+        """Send ``message`` before ``deadline`` (time.monotonic()); raise a RelayError if it fails.
+
+        ProviderRejected is final; ProviderUnavailable and ProviderTimeout leave the message
+        unsent or in doubt, and the caller decides whether to try again.
+        """
+        token = self._credentials.provider_token(message.provider)
+        request = build_request(message, token, self._settings)
+        context = {"relay_id": relay_id, "provider": message.provider, "to": mask(message.to)}
+
+        def on_retry(retry: int, status: int | None, error: str | None, wait: float) -> None:
+            logger.info(
+                "provider attempt failed, retrying",
+                extra={
+                    **context,
+                    "retry": retry,
+                    "provider_status": status,
+                    "error": error,
+                    "wait_s": round(wait, 3),
+                },
+            )
+
+        started = time.monotonic()
+        try:
+            reply = self._transport.post(request, deadline, on_retry)
+            return self._settle(message, relay_id, reply, started, context)
+        except SendTimedOut as exc:
+            self._fail(ProviderTimeout(message.provider), relay_id, started, exc.attempts, context)
+        except SendFailed as exc:
+            error = ProviderUnavailable(message.provider, exc.detail, None, DEFAULT_RETRY_AFTER)
+            self._fail(error, relay_id, started, exc.attempts, context)
+
+    def _settle(
+        self, message: Message, relay_id: str, reply: Reply, started: float, context: dict[str, str]
+    ) -> Delivery:
+        latency_ms = round((time.monotonic() - started) * 1000, 1)
+        if 200 <= reply.status < 300:
+            logger.info(
+                "message delivered",
+                extra={
+                    **context,
+                    "outcome": "delivered",
+                    "provider_status": reply.status,
+                    "attempts": reply.attempts,
+                    "latency_ms": latency_ms,
+                },
+            )
+            return Delivery(
+                relay_id=relay_id,
+                provider=message.provider,
+                provider_status=reply.status,
+                receipt=read_receipt(message.provider, reply.body),
+                attempts=reply.attempts,
+                latency_ms=latency_ms,
+            )
+        error: RelayError
+        if reply.status in RETRY_STATUSES:
+            error = ProviderUnavailable(
+                message.provider, f"HTTP {reply.status}", reply.status, _retry_after(reply)
+            )
+        else:
+            error = ProviderRejected(message.provider, reply.status, read_error(reply.body))
+        self._fail(error, relay_id, started, reply.attempts, context)
+
+    @staticmethod
+    def _fail(
+        error: RelayError, relay_id: str, started: float, attempts: int, context: dict[str, str]
+    ) -> NoReturn:
+        error.relay_id = relay_id
+        logger.warning(
+            "message not delivered",
+            extra={
+                **context,
+                "outcome": error.reason,
+                "provider_status": getattr(error, "provider_status", None),
+                "attempts": attempts,
+                "latency_ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+        raise error
+
+
+def _retry_after(reply: Reply) -> int:
+    """The provider's Retry-After in whole seconds, bounded; a default when it gave none."""
+    value = reply.headers.get("Retry-After")
+    if value:
+        try:
+            seconds = Retry().parse_retry_after(value)
+        except InvalidHeader:
+            return DEFAULT_RETRY_AFTER
+        return min(MAX_RETRY_AFTER, max(1, math.ceil(seconds)))
+    return DEFAULT_RETRY_AFTER

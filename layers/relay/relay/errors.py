@@ -1,0 +1,150 @@
+"""Every way a message can fail, as exceptions that carry the HTTP answer they map to.
+
+The HTTP handler turns a RelayError into its status and body; the SQS handler reads ``kind``
+to decide between retry and the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+FailureKind = Literal["invalid", "permanent", "transient", "ambiguous", "internal"]
+
+
+class RelayError(Exception):
+    """Base of the relay's own errors. ``status`` is the HTTP answer, ``kind`` the failure class."""
+
+    status: ClassVar[int] = 500
+    kind: ClassVar[FailureKind] = "internal"
+    reason: ClassVar[str] = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.relay_id: str | None = None  # set once the message has an id
+
+    def body(self) -> dict[str, Any]:
+        """What the caller is told: the problem, never a secret."""
+        return {"message": self.message}
+
+    def answer(self) -> dict[str, Any]:
+        """The JSON answer: ``body()`` plus the relay id when the message got that far."""
+        body = self.body()
+        if self.relay_id is not None:
+            body["id"] = self.relay_id
+        return body
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+# The relay's own 4xx: nothing was sent to a provider.
+class PayloadTooLarge(RelayError):
+    status, kind, reason = 413, "invalid", "too_large"
+
+
+class Unauthenticated(RelayError):
+    status, kind, reason = 401, "invalid", "unauthenticated"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="webhook-relay"'}
+
+
+class UnsupportedMediaType(RelayError):
+    status, kind, reason = 415, "invalid", "unsupported_media_type"
+
+
+class MalformedBody(RelayError):
+    status, kind, reason = 400, "invalid", "malformed"
+
+
+class InvalidMessage(RelayError):
+    """The body is JSON but not a valid canonical message; ``errors`` names every bad field."""
+
+    status, kind, reason = 422, "invalid", "invalid"
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        fields = ", ".join(sorted(errors))
+        super().__init__(f"invalid message: {fields}")
+        self.errors = errors
+
+    def body(self) -> dict[str, Any]:
+        return {"message": self.message, "errors": self.errors}
+
+
+# The provider's side.
+class ProviderRejected(RelayError):
+    """The provider refused the message (4xx): final, never retried."""
+
+    status, kind, reason = 502, "permanent", "provider_rejected"
+
+    def __init__(self, provider: str, provider_status: int, provider_error: Any) -> None:
+        super().__init__(f"{provider} refused the message with HTTP {provider_status}")
+        self.provider = provider
+        self.provider_status = provider_status
+        self.provider_error = provider_error
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "message": self.message,
+            "provider": self.provider,
+            "provider_status": self.provider_status,
+            "provider_error": self.provider_error,
+        }
+
+
+class ProviderUnavailable(RelayError):
+    """The provider stayed unavailable (5xx, 429, connection failures) after every retry."""
+
+    status, kind, reason = 503, "transient", "unavailable"
+
+    def __init__(
+        self, provider: str, detail: str, provider_status: int | None, retry_after: int
+    ) -> None:
+        super().__init__(f"{provider} is unavailable: {detail}")
+        self.provider = provider
+        self.provider_status = provider_status
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "message": self.message,
+            "provider": self.provider,
+            "provider_status": self.provider_status,
+            "retry_after": self.retry_after,
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class ProviderTimeout(RelayError):
+    """The request went out but no answer came in time: the provider may have accepted it."""
+
+    status, kind, reason = 504, "ambiguous", "timeout"
+
+    def __init__(self, provider: str) -> None:
+        super().__init__(
+            f"{provider} did not answer in time; the message may or may not have been sent, "
+            "so it was not retried"
+        )
+        self.provider = provider
+
+    def body(self) -> dict[str, Any]:
+        return {"message": self.message, "provider": self.provider}
+
+
+# The relay's own trouble.
+class DependencyUnavailable(RelayError):
+    """An AWS dependency (Secrets Manager) could not be reached; safe to retry later."""
+
+    status, kind, reason = 503, "transient", "dependency_unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
+
+
+class Misconfigured(RelayError):
+    """The deployment is wrong (a secret's content, say); an operator must fix it."""
+
+    status, kind, reason = 500, "internal", "misconfigured"

@@ -1,0 +1,76 @@
+"""The HTTP entry: from raw body and headers to a validated message, checks in a fixed order.
+
+Order matters: size first (cheap, and before reading anything), then authentication, then
+everything else, so an unauthenticated caller learns nothing about what a valid body would be.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from relay.auth import authenticate
+from relay.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from relay.message import parse_message
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from relay.message import Defaults, Message
+    from relay.secrets import Credentials
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """An HTTP request as the relay needs it: header names in lower case, the body as bytes."""
+
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def read_message(request: HttpRequest, credentials: Credentials, defaults: Defaults) -> Message:
+    """Check and parse a POST /v1/messages request; raise the RelayError a caller should see."""
+    if len(request.body) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the body is over {MAX_BODY_BYTES} bytes")
+    authenticate(request.headers, request.body, credentials.auth_keys())
+    _check_content_type(request.headers.get("content-type"))
+    return parse_message(load_json(request.body), defaults)
+
+
+def load_json(body: bytes | str) -> Any:
+    """Decode a JSON object strictly: UTF-8, no NaN or Infinity; MalformedBody otherwise."""
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise MalformedBody("the body is not UTF-8") from None
+    except (ValueError, RecursionError):
+        raise MalformedBody("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise MalformedBody("the body must be a JSON object")
+    return data
+
+
+def _check_content_type(value: str | None) -> None:
+    if value is None or not value.strip():
+        return  # a missing Content-Type is read as JSON
+    media_type, _, params = value.partition(";")
+    media_type = media_type.strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        raise UnsupportedMediaType("send the message as application/json")
+    for param in params.split(";"):
+        name, _, charset = param.partition("=")
+        if name.strip().lower() == "charset" and charset.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            raise UnsupportedMediaType("the body must be UTF-8 encoded JSON")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -1,0 +1,60 @@
+"""Secrets: read from AWS Secrets Manager through Powertools parameters, cached per process."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.parameters.exceptions import (
+    GetParameterError,
+    TransformParameterError,
+)
+
+from relay.auth import AuthKeys
+from relay.errors import DependencyUnavailable, Misconfigured
+
+if TYPE_CHECKING:
+    from relay.config import ProviderName, Settings
+
+
+class SecretStore(Protocol):
+    """Where JSON secrets come from."""
+
+    def get_json(self, secret_id: str) -> Any: ...
+
+
+class SecretsManagerStore:
+    """AWS Secrets Manager through Powertools' SecretsProvider, with its cache (``max_age``)."""
+
+    def __init__(self, max_age: int) -> None:
+        self._max_age = max_age
+
+    def get_json(self, secret_id: str) -> Any:
+        try:
+            return parameters.get_secret(secret_id, transform="json", max_age=self._max_age)
+        except TransformParameterError:
+            raise Misconfigured("a relay secret is not valid JSON") from None
+        except GetParameterError:
+            # Never echo the SDK's message: it can hold the secret's ARN and account.
+            raise DependencyUnavailable(
+                "the relay could not read its secrets; retry later"
+            ) from None
+
+
+class Credentials:
+    """The relay's two secrets, decoded: who may call it, and how it calls the providers."""
+
+    def __init__(self, store: SecretStore, settings: Settings) -> None:
+        self._store = store
+        self._auth_secret = settings.auth_secret
+        self._tokens_secret = settings.provider_tokens_secret
+
+    def auth_keys(self) -> AuthKeys:
+        return AuthKeys.from_secret(self._store.get_json(self._auth_secret))
+
+    def provider_token(self, provider: ProviderName) -> str:
+        tokens = self._store.get_json(self._tokens_secret)
+        token = tokens.get(provider) if isinstance(tokens, dict) else None
+        if not isinstance(token, str) or not token:
+            raise Misconfigured(f"the provider tokens secret has no token for {provider}")
+        return token

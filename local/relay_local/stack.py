@@ -1,0 +1,125 @@
+"""The local stack: moto_server for AWS, sandbox providers, the relay behind a local HTTP API."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from relay_local.apigw import HttpApi
+from relay_local.lambda_runtime import load_function
+from relay_local.sandbox import ProviderSandbox
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from relay_local.sandbox import Provider, Received
+
+# Development values, printed at start: nothing here is a real credential.
+DEV_API_KEY = "local-dev-key"
+DEV_SIGNING_SECRET = "whsec_" + base64.b64encode(b"local-dev-signing-secret-32byte").decode()
+DEV_TOKENS = {"lancepilot": "local-lancepilot-token", "fluents": "local-fluents-token"}
+DEV_WORKSPACE = "3f0c6a52-8a1e-4d5b-9c61-2b7e0f4d9a10"
+DEV_FROM_NUMBER = "+12025550143"
+TOKENS_SECRET = "webhook-relay/local/provider-tokens"
+AUTH_SECRET = "webhook-relay/local/auth"
+
+
+@dataclass
+class DevStack:
+    """Everything ``make run`` starts, in one process. Ports of 0 pick free ones (tests)."""
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    moto_port: int = 4566
+    sandbox_ports: tuple[int, int] = (3001, 3002)
+    on_provider_request: Callable[[Received], None] | None = None
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    sandboxes: dict[str, ProviderSandbox] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    url: str = ""
+    _moto: Any = None
+    _api: HttpApi | None = None
+
+    def start(self) -> DevStack:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto_server's per-request lines
+        moto_port = self.moto_port or _free_port(self.host)
+        self._moto = ThreadedMotoServer(ip_address=self.host, port=moto_port, verbose=False)
+        self._moto.start()
+        aws = {
+            "AWS_ENDPOINT_URL": f"http://{self.host}:{moto_port}",
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_DEFAULT_REGION": self.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        }
+        os.environ.update(aws)
+        os.environ.pop("AWS_PROFILE", None)
+
+        urls, tokens = {}, dict(DEV_TOKENS)
+        providers: tuple[Provider, Provider] = ("lancepilot", "fluents")
+        for provider, port in zip(providers, self.sandbox_ports, strict=True):
+            env_name = provider.upper()
+            real_url = self.environ.get(f"{env_name}_API_URL")
+            if real_url:  # send for real: the developer's URL and token
+                urls[provider] = real_url
+                tokens[provider] = self.environ.get(f"{env_name}_TOKEN", "")
+                continue
+            sandbox = ProviderSandbox(
+                provider,
+                token=DEV_TOKENS[provider],
+                host=self.host,
+                port=port,
+                on_request=self.on_provider_request,
+            ).start()
+            self.sandboxes[provider] = sandbox
+            urls[provider] = sandbox.base_url
+
+        self._seed_secrets(tokens)
+        self.env = {
+            "PROVIDER_TOKENS_SECRET": TOKENS_SECRET,
+            "RELAY_AUTH_SECRET": AUTH_SECRET,
+            "LANCEPILOT_API_URL": urls["lancepilot"],
+            "FLUENTS_API_URL": urls["fluents"],
+            "LANCEPILOT_WORKSPACE_ID": self.environ.get("LANCEPILOT_WORKSPACE_ID", DEV_WORKSPACE),
+            "FLUENTS_FROM_NUMBER": self.environ.get("FLUENTS_FROM_NUMBER", DEV_FROM_NUMBER),
+            "DEFAULT_PROVIDER": self.environ.get("DEFAULT_PROVIDER", ""),
+            "POWERTOOLS_SERVICE_NAME": "webhook-relay",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "SECRETS_MAX_AGE_SECONDS": "5",  # edits to the local secrets show up quickly
+        }
+        os.environ.update(self.env)
+
+        webhook = load_function("webhook")
+        self._api = HttpApi({"POST /v1/messages": webhook.lambda_handler})
+        server = self._api.serve(self.host, self.port)
+        self.url = f"http://{self.host}:{server.server_address[1]}"
+        return self
+
+    def stop(self) -> None:
+        if self._api is not None:
+            self._api.stop()
+        for sandbox in self.sandboxes.values():
+            sandbox.stop()
+        if self._moto is not None:
+            self._moto.stop()
+
+    def _seed_secrets(self, tokens: dict[str, str]) -> None:
+        import boto3
+
+        secrets = boto3.client("secretsmanager")
+        auth = {"api_keys": [DEV_API_KEY], "signing_secrets": [DEV_SIGNING_SECRET]}
+        for name, value in ((TOKENS_SECRET, tokens), (AUTH_SECRET, auth)):
+            secrets.create_secret(Name=name, SecretString=json.dumps(value))
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -1,0 +1,211 @@
+"""Shared fixtures: fake AWS (moto), spec-checking provider stand-ins, handlers loaded from disk."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from aws_lambda_powertools.utilities import parameters
+from moto import mock_aws
+from relay_local.lambda_runtime import LambdaContext, load_function
+from relay_local.sandbox import ProviderSandbox
+
+REPO = Path(__file__).resolve().parents[1]
+EVENTS = REPO / "events"
+
+API_KEY = "test-api-key-7f3a9c"
+SECOND_API_KEY = "test-api-key-rotated-51be"
+SIGNING_SECRET = "whsec_" + base64.b64encode(b"test-signing-secret-0123456789ab").decode()
+SECOND_SIGNING_SECRET = "whsec_" + base64.b64encode(b"rotated-signing-secret-abcdefgh").decode()
+TOKENS = {"lancepilot": "lp-test-token-1c2d", "fluents": "fl-test-token-9e8f"}
+WORKSPACE = "3f0c6a52-8a1e-4d5b-9c61-2b7e0f4d9a10"
+TOKENS_SECRET = "webhook-relay/provider-tokens"
+AUTH_SECRET = "webhook-relay/auth"
+
+
+def load_event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())
+
+
+@pytest.fixture(autouse=True)
+def _isolated_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach real AWS, whatever the developer's shell has set."""
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "webhook-relay")
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def sandboxes() -> Any:
+    with (
+        ProviderSandbox("lancepilot", token=TOKENS["lancepilot"]) as lancepilot,
+        ProviderSandbox("fluents", token=TOKENS["fluents"]) as fluents,
+    ):
+        yield {"lancepilot": lancepilot, "fluents": fluents}
+
+
+def _sandbox(sandboxes: dict[str, ProviderSandbox], name: str) -> Any:
+    sandbox = sandboxes[name]
+    sandbox.reset()
+    yield sandbox
+    # Whatever the relay sent must have matched the provider's document.
+    assert sandbox.violations() == []
+
+
+@pytest.fixture
+def lancepilot(sandboxes: dict[str, ProviderSandbox]) -> Any:
+    yield from _sandbox(sandboxes, "lancepilot")
+
+
+@pytest.fixture
+def fluents(sandboxes: dict[str, ProviderSandbox]) -> Any:
+    yield from _sandbox(sandboxes, "fluents")
+
+
+@pytest.fixture
+def aws() -> Any:
+    """moto in-process, with the relay's two secrets in place; Powertools' cache emptied."""
+    parameters.clear_caches()
+    with mock_aws():
+        secrets = boto3.client("secretsmanager")
+        secrets.create_secret(Name=TOKENS_SECRET, SecretString=json.dumps(TOKENS))
+        secrets.create_secret(
+            Name=AUTH_SECRET,
+            SecretString=json.dumps(
+                {
+                    "api_keys": [API_KEY, SECOND_API_KEY],
+                    "signing_secrets": [SIGNING_SECRET, SECOND_SIGNING_SECRET],
+                }
+            ),
+        )
+        yield secrets
+    parameters.clear_caches()
+
+
+@pytest.fixture
+def relay_env(
+    monkeypatch: pytest.MonkeyPatch,
+    aws: Any,
+    lancepilot: ProviderSandbox,
+    fluents: ProviderSandbox,
+) -> dict[str, str]:
+    """The environment the template gives the functions, pointed at moto and the stand-ins.
+
+    Timeouts and backoff are shortened so fault tests run in well under a second each.
+    """
+    env = {
+        "PROVIDER_TOKENS_SECRET": TOKENS_SECRET,
+        "RELAY_AUTH_SECRET": AUTH_SECRET,
+        "LANCEPILOT_API_URL": lancepilot.base_url,
+        "FLUENTS_API_URL": fluents.base_url,
+        "HTTP_CONNECT_TIMEOUT": "0.5",
+        "HTTP_READ_TIMEOUT": "0.5",
+        "SEND_BUDGET_SECONDS": "5",
+        "BACKOFF_BASE_SECONDS": "0.01",
+        "BACKOFF_MAX_SECONDS": "0.05",
+    }
+    for name in ("DEFAULT_PROVIDER", "LANCEPILOT_WORKSPACE_ID", "FLUENTS_FROM_NUMBER"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    json: Any
+
+
+class Webhook:
+    """Invokes the real webhook handler with HTTP API (payload 2.0) events built from events/."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def post(
+        self,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+        base64_body: bool = False,
+        event: str = "http_post_lancepilot.json",
+        context: LambdaContext | None = None,
+    ) -> Answer:
+        """POST ``body`` (JSON-encoded unless ``raw``); ``headers`` replace the event's own."""
+        ev = copy.deepcopy(load_event(event))
+        if raw is not None:
+            payload = raw
+        elif body is not None:
+            payload = json.dumps(body).encode()
+        else:
+            payload = ev["body"].encode()
+        if headers is not None:
+            ev["headers"] = {k.lower(): v for k, v in headers.items()}
+        if base64_body:
+            ev["body"], ev["isBase64Encoded"] = base64.b64encode(payload).decode(), True
+        else:
+            ev["body"], ev["isBase64Encoded"] = payload.decode("utf-8"), False
+        result = self.module.lambda_handler(ev, context or LambdaContext())
+        return Answer(
+            status=result["statusCode"],
+            headers={k.lower(): v for k, v in (result.get("headers") or {}).items()},
+            json=json.loads(result["body"]) if result.get("body") else None,
+        )
+
+
+@pytest.fixture
+def logs() -> Any:
+    """What the relay's logger writes, as text (Powertools holds its own reference to stdout)."""
+    from relay.observability import logger
+
+    buffer = io.StringIO()
+    previous = logger.registered_handler.setStream(buffer)
+    try:
+        yield buffer
+    finally:
+        logger.registered_handler.setStream(previous)
+
+
+@pytest.fixture
+def webhook(relay_env: dict[str, str]) -> Webhook:
+    return Webhook(load_function("webhook"))
+
+
+def bearer(key: str = API_KEY) -> dict[str, str]:
+    return {"content-type": "application/json", "authorization": f"Bearer {key}"}
+
+
+def lancepilot_message(**fields: Any) -> dict[str, Any]:
+    message = {
+        "provider": "lancepilot",
+        "to": "+14155550123",
+        "text": "Your order 1042 has shipped.",
+        "workspace": WORKSPACE,
+    }
+    message.update(fields)
+    return {k: v for k, v in message.items() if v is not None}
+
+
+def fluents_message(**fields: Any) -> dict[str, Any]:
+    message = {
+        "provider": "fluents",
+        "to": "+4915123456789",
+        "text": "Your code is 913402",
+        "from": "+12025550143",
+    }
+    message.update(fields)
+    return {k: v for k, v in message.items() if v is not None}

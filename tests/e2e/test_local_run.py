@@ -1,0 +1,144 @@
+"""`make run`'s stack over real HTTP: the relay, moto_server and the sandbox providers together."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import urllib3
+from relay.auth import sign
+from relay_local.stack import DEV_API_KEY, DEV_SIGNING_SECRET
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Running:
+    def __init__(self, url: str, lines: queue.Queue[str]) -> None:
+        self.url = url
+        self.lines = lines
+        self.http = urllib3.PoolManager(retries=False, timeout=10)
+
+    def post(self, body: bytes, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+        return self.http.request("POST", f"{self.url}/v1/messages", body=body, headers=headers)
+
+    def sandbox_line(self, timeout: float = 5) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if "sandbox <-" in line:
+                return line
+        raise AssertionError("no sandbox provider received a request")
+
+    def drain(self) -> None:
+        while not self.lines.empty():
+            self.lines.get_nowait()
+
+
+@pytest.fixture(scope="module")
+def local_relay():
+    """`python -m relay_local`, as `make run` starts it, on free ports."""
+    ports = {name: free_port() for name in ("PORT", "MOTO_PORT")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LANCEPILOT", "FLUENTS"))
+    }
+    env.update({name: str(port) for name, port in ports.items()})
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relay_local",
+            "--port",
+            str(ports["PORT"]),
+            "--moto-port",
+            str(ports["MOTO_PORT"]),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in process.stdout], daemon=True
+    ).start()
+    url = f"http://127.0.0.1:{ports['PORT']}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", ports["PORT"]), timeout=0.2).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = "".join(lines.queue)
+                process.kill()
+                raise AssertionError(f"make run's relay did not start:\n{output}") from None
+            time.sleep(0.1)
+    yield Running(url, lines)
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_the_readme_curl_is_delivered_by_the_sandbox(local_relay):
+    local_relay.drain()
+    # The README's curl, byte for byte in what it sends.
+    body = b'{"provider": "fluents", "to": "+14155550123", "text": "Hello from webhook-relay"}'
+
+    answer = local_relay.post(
+        body, {"Authorization": f"Bearer {DEV_API_KEY}", "Content-Type": "application/json"}
+    )
+
+    assert answer.status == 201, answer.data
+    assert answer.json()["status"] == "delivered"
+    line = local_relay.sandbox_line()
+    assert "POST /v1/messages" in line
+    assert '"to_number": "+14155550123"' in line
+    assert line.rstrip().endswith("[201] ok")
+
+
+def test_a_signed_lancepilot_message_is_delivered(local_relay):
+    local_relay.drain()
+    body = json.dumps({"provider": "lancepilot", "to": "+4915123456789", "text": "Hallo"}).encode()
+    ts = int(time.time())
+
+    answer = local_relay.post(
+        body,
+        {
+            "Content-Type": "application/json",
+            "webhook-id": "msg_local_1",
+            "webhook-timestamp": str(ts),
+            "webhook-signature": sign(DEV_SIGNING_SECRET, "msg_local_1", ts, body),
+        },
+    )
+
+    assert answer.status == 201, answer.data
+    assert "/contacts/number/4915123456789/messages/text" in local_relay.sandbox_line()
+
+
+def test_refusals_come_back_over_http(local_relay):
+    auth = {"Authorization": f"Bearer {DEV_API_KEY}", "Content-Type": "application/json"}
+
+    assert local_relay.post(b"{}", {"Content-Type": "application/json"}).status == 401
+    invalid = local_relay.post(b'{"provider": "sms", "to": "x"}', auth)
+    assert invalid.status == 422
+    assert set(invalid.json()["errors"]) == {"provider", "to", "text"}
+    other = local_relay.http.request("GET", f"{local_relay.url}/v1/messages")
+    assert other.status == 404

@@ -1,0 +1,127 @@
+"""`sam build` without a container yields an arm64 / python3.13 layer and the function code.
+
+Downloads the layer's wheels from PyPI (pip --platform), so it needs network access.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from email.parser import Parser
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EM_AARCH64 = 183
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sam = Path(sys.executable).parent / "sam"
+    if not sam.exists():
+        pytest.skip(f"sam not found next to {sys.executable} (run `make setup`)")
+    tmp = tmp_path_factory.mktemp("sam")
+    build = tmp / "build"
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0"}
+    # Let the layer Makefile find pip even if python3 on PATH is not this interpreter.
+    env.setdefault("PYTHON", sys.executable)
+    result = subprocess.run(
+        [
+            str(sam),
+            "build",
+            "--template",
+            str(REPO_ROOT / "template.yaml"),
+            "--build-dir",
+            str(build),
+            "--cache-dir",
+            str(tmp / "cache"),
+            "--no-cached",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return build
+
+
+@pytest.fixture(scope="module")
+def site(build_dir: Path) -> Path:
+    python = build_dir / "RelayLayer" / "python"
+    assert python.is_dir()
+    return python
+
+
+def test_layer_contents(site: Path) -> None:
+    assert (site / "relay" / "__init__.py").is_file()
+    for package in ("aws_lambda_powertools", "phonenumbers", "urllib3", "wrapt"):
+        assert (site / package).is_dir(), package
+    assert not list(site.rglob("__pycache__"))
+
+
+def test_layer_has_no_boto(site: Path) -> None:
+    names = {p.name.lower() for p in site.iterdir()}
+    assert not any(n.startswith(("boto3", "botocore", "s3transfer")) for n in names), names
+
+
+def _elf_machine(path: Path) -> int:
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF", f"{path} is not ELF"
+    assert header[4] == 2, f"{path} is not 64-bit"  # EI_CLASS == ELFCLASS64
+    byteorder = "<" if header[5] == 1 else ">"  # EI_DATA
+    (machine,) = struct.unpack(byteorder + "H", header[18:20])
+    return machine
+
+
+def test_compiled_extensions_are_aarch64_cp313(site: Path) -> None:
+    shared = list(site.rglob("*.so"))
+    assert any(p.parent.name == "wrapt" for p in shared), "wrapt's extension is missing"
+    for so in shared:
+        assert "cpython-313" in so.name, so.name
+        assert "aarch64" in so.name, so.name
+        assert _elf_machine(so) == EM_AARCH64, so
+
+
+def _wheel_tag_ok(tag: str) -> bool:
+    python, abi, platform = tag.split("-")
+    if platform == "any":
+        return abi == "none" and "py3" in python.split(".")
+    return (
+        python == "cp313"
+        and abi in {"cp313", "abi3"}
+        and "aarch64" in platform
+        and platform.startswith("manylinux")
+    )
+
+
+def test_wheel_tags(site: Path) -> None:
+    wheels = list(site.glob("*.dist-info/WHEEL"))
+    assert len(wheels) >= 7
+    for wheel in wheels:
+        tags = Parser().parsestr(wheel.read_text()).get_all("Tag") or []
+        assert tags, wheel
+        # A universal wheel also carries py2-none-any: require one fitting tag, and no tag
+        # for another platform.
+        assert any(_wheel_tag_ok(t) for t in tags), (wheel, tags)
+        platforms = {t.split("-")[2] for t in tags}
+        assert all(p == "any" or "aarch64" in p for p in platforms), (wheel, tags)
+
+
+def test_function_contents(build_dir: Path) -> None:
+    function = build_dir / "WebhookFunction"
+    assert (function / "app.py").is_file()
+    assert not (function / "Makefile").exists()
+
+
+def test_built_template_points_at_artifacts(build_dir: Path) -> None:
+    text = (build_dir / "template.yaml").read_text()
+    assert "ContentUri: RelayLayer" in text
+    assert "CodeUri: WebhookFunction" in text

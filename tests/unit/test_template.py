@@ -1,0 +1,284 @@
+"""Static checks of template.yaml: what the relay and its operators rely on."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO_ROOT / "template.yaml"
+
+PUBLIC_ENV_VARS = {
+    "LANCEPILOT_API_URL",
+    "FLUENTS_API_URL",
+    "PROVIDER_TOKENS_SECRET",
+    "RELAY_AUTH_SECRET",
+    "DEFAULT_PROVIDER",
+    "LANCEPILOT_WORKSPACE_ID",
+    "FLUENTS_FROM_NUMBER",
+}
+SECRETS = ("ProviderTokensSecret", "RelayAuthSecret")
+
+
+class CfnLoader(yaml.SafeLoader):
+    """SafeLoader that turns CloudFormation short tags into their long form dicts."""
+
+
+def _cfn_tag(loader: CfnLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    key = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    return {key: value}
+
+
+CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)  # a SafeLoader subclass
+
+
+@pytest.fixture(scope="module")
+def resources(template: dict[str, Any]) -> dict[str, Any]:
+    return template["Resources"]
+
+
+@pytest.fixture(scope="module")
+def function(resources: dict[str, Any]) -> dict[str, Any]:
+    fn = resources["WebhookFunction"]
+    assert fn["Type"] == "AWS::Serverless::Function"
+    return fn["Properties"]
+
+
+def test_sam_transform(template: dict[str, Any]) -> None:
+    assert template["Transform"] == "AWS::Serverless-2016-10-31"
+
+
+def test_globals_runtime_and_powertools(template: dict[str, Any]) -> None:
+    glob = template["Globals"]["Function"]
+    assert glob["Runtime"] == "python3.13"
+    assert glob["Architectures"] == ["arm64"]
+    assert glob["Tracing"] == "Active"
+    assert glob["MemorySize"] == 256
+    env = glob["Environment"]["Variables"]
+    assert env["POWERTOOLS_SERVICE_NAME"] == "webhook-relay"
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == "WebhookRelay"
+    assert env["POWERTOOLS_LOG_LEVEL"] == {"Ref": "LogLevel"}
+    assert template["Parameters"]["LogLevel"]["Default"] == "INFO"
+
+
+def test_event_logging_never_enabled(template: dict[str, Any]) -> None:
+    # Logging whole events would put message bodies and phone numbers in CloudWatch.
+    assert "POWERTOOLS_LOGGER_LOG_EVENT" not in TEMPLATE.read_text()
+
+
+def test_layer(resources: dict[str, Any]) -> None:
+    layer = resources["RelayLayer"]
+    assert layer["Type"] == "AWS::Serverless::LayerVersion"
+    props = layer["Properties"]
+    assert props["ContentUri"] == "layers/relay"
+    assert props["CompatibleRuntimes"] == ["python3.13"]
+    assert props["CompatibleArchitectures"] == ["arm64"]
+    assert layer["Metadata"] == {"BuildMethod": "makefile", "BuildArchitecture": "arm64"}
+    makefile = (REPO_ROOT / "layers/relay/Makefile").read_text()
+    assert "build-RelayLayer:" in makefile
+    for flag in (
+        "--platform manylinux2014_aarch64",
+        "--python-version 3.13",
+        "--only-binary=:all:",
+        "--no-deps",
+    ):
+        assert flag in makefile
+
+
+def test_function_code_and_handler(resources: dict[str, Any], function: dict[str, Any]) -> None:
+    assert function["CodeUri"] == "functions/webhook"
+    assert function["Handler"] == "app.lambda_handler"
+    assert resources["WebhookFunction"]["Metadata"]["BuildMethod"] == "makefile"
+    assert "build-WebhookFunction:" in (REPO_ROOT / "functions/webhook/Makefile").read_text()
+    assert function["Layers"] == [{"Ref": "RelayLayer"}]
+
+
+def test_function_timeout_below_api_gateway_limit(
+    template: dict[str, Any], function: dict[str, Any]
+) -> None:
+    timeout = function.get("Timeout", template["Globals"]["Function"].get("Timeout"))
+    assert isinstance(timeout, int)
+    assert timeout < 29
+
+
+def test_route(function: dict[str, Any]) -> None:
+    events = function["Events"]
+    assert len(events) == 1
+    (event,) = events.values()
+    assert event["Type"] == "HttpApi"
+    props = event["Properties"]
+    assert props["ApiId"] == {"Ref": "HttpApi"}
+    assert props["Path"] == "/v1/messages"
+    assert props["Method"].upper() == "POST"
+    assert str(props["PayloadFormatVersion"]) == "2.0"
+    assert props["TimeoutInMillis"] <= 30000
+
+
+def test_public_env_vars(template: dict[str, Any], function: dict[str, Any]) -> None:
+    env = function["Environment"]["Variables"]
+    assert set(env) >= PUBLIC_ENV_VARS
+    assert env["PROVIDER_TOKENS_SECRET"] == {"Ref": "ProviderTokensSecret"}
+    assert env["RELAY_AUTH_SECRET"] == {"Ref": "RelayAuthSecret"}
+    params = template["Parameters"]
+    for var in PUBLIC_ENV_VARS - {"PROVIDER_TOKENS_SECRET", "RELAY_AUTH_SECRET"}:
+        ref = env[var]["Ref"]
+        assert ref in params, f"{var} refers to unknown parameter {ref}"
+    assert env["LANCEPILOT_API_URL"] == {"Ref": "LancepilotApiUrl"}
+    assert params["LancepilotApiUrl"]["Default"] == "https://lancepilot.com/api/v3"
+    assert params["FluentsApiUrl"]["Default"] == "https://api.fluents.ai"
+    assert params["DefaultProvider"]["Default"] == ""
+    assert set(params["DefaultProvider"]["AllowedValues"]) == {"", "lancepilot", "fluents"}
+
+
+@pytest.mark.parametrize(
+    ("parameter", "good", "bad"),
+    [
+        (
+            "LancepilotWorkspaceId",
+            ["", "0f8fad5b-d9cb-469f-a165-70867728950e"],
+            ["x", "0f8fad5b-d9cb-469f-a165-70867728950", "0f8fad5bd9cb469fa16570867728950e"],
+        ),
+        (
+            "FluentsFromNumber",
+            ["", "+14155550100", "+4915112345678"],
+            ["14155550100", "+0123456789", "+1415", "+1234567890123456", "+1 415 555"],
+        ),
+    ],
+)
+def test_parameter_patterns(
+    template: dict[str, Any], parameter: str, good: list[str], bad: list[str]
+) -> None:
+    param = template["Parameters"][parameter]
+    assert param["Default"] == ""
+    pattern = re.compile(param["AllowedPattern"])
+    for value in good:
+        assert pattern.fullmatch(value), value
+    for value in bad:
+        assert not pattern.fullmatch(value), value
+
+
+def test_secrets_fail_closed_and_retained(resources: dict[str, Any]) -> None:
+    for name in SECRETS:
+        secret = resources[name]
+        assert secret["Type"] == "AWS::SecretsManager::Secret"
+        assert secret["DeletionPolicy"] == "Retain"
+        assert secret["UpdateReplacePolicy"] == "Retain"
+        assert "put-secret-value" in secret["Properties"]["Description"]
+    tokens = yaml.safe_load(resources["ProviderTokensSecret"]["Properties"]["SecretString"])
+    assert tokens == {"lancepilot": "REPLACE_ME", "fluents": "REPLACE_ME"}
+    auth = yaml.safe_load(resources["RelayAuthSecret"]["Properties"]["SecretString"])
+    assert auth == {"api_keys": [], "signing_secrets": []}
+
+
+def test_policies_scoped_to_the_two_secrets(function: dict[str, Any]) -> None:
+    policies = function["Policies"]
+    assert isinstance(policies, list)
+    arns = []
+    for policy in policies:
+        assert isinstance(policy, dict), f"managed or inline policy not expected: {policy!r}"
+        assert list(policy) == ["AWSSecretsManagerGetSecretValuePolicy"], policy
+        arns.append(policy["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"])
+    assert sorted(arns, key=str) == [{"Ref": "ProviderTokensSecret"}, {"Ref": "RelayAuthSecret"}]
+    assert '"*"' not in repr(policies)
+    assert "'*'" not in repr(policies)
+
+
+def test_no_api_gateway_authorizer(resources: dict[str, Any], function: dict[str, Any]) -> None:
+    api = resources["HttpApi"]
+    assert api["Type"] == "AWS::Serverless::HttpApi"
+    assert "Auth" not in api["Properties"]
+    assert "StageName" not in api["Properties"]  # $default stage
+    (event,) = function["Events"].values()
+    assert "Auth" not in event["Properties"]
+
+
+def test_api_throttling_and_access_logs(resources: dict[str, Any]) -> None:
+    props = resources["HttpApi"]["Properties"]
+    throttling = props["DefaultRouteSettings"]
+    assert throttling["ThrottlingBurstLimit"] == {"Ref": "ApiThrottlingBurstLimit"}
+    assert throttling["ThrottlingRateLimit"] == {"Ref": "ApiThrottlingRateLimit"}
+    access = props["AccessLogSettings"]
+    assert access["DestinationArn"] == {"Fn::GetAtt": ["HttpApiAccessLogGroup", "Arn"]}
+    fmt = json.loads(access["Format"])  # one JSON object per request
+    for key in ("requestId", "routeKey", "status", "integrationError", "responseLatency"):
+        assert key in fmt
+    rendered = access["Format"]
+    assert "requestBody" not in rendered
+    assert "querystring" not in rendered.lower()
+
+
+def test_log_groups_have_retention(resources: dict[str, Any], function: dict[str, Any]) -> None:
+    assert function["LoggingConfig"]["LogGroup"] == {"Ref": "WebhookFunctionLogGroup"}
+    for name in ("WebhookFunctionLogGroup", "HttpApiAccessLogGroup"):
+        group = resources[name]
+        assert group["Type"] == "AWS::Logs::LogGroup"
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionInDays"}
+
+
+def test_log_retention_parameter(template: dict[str, Any]) -> None:
+    param = template["Parameters"]["LogRetentionInDays"]
+    assert param["Default"] == 30
+    assert 30 in param["AllowedValues"]
+
+
+def test_outputs(template: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+    assert set(outputs) >= {
+        "ApiUrl",
+        "MessagesEndpoint",
+        "WebhookFunctionArn",
+        "WebhookFunctionName",
+        "ProviderTokensSecretArn",
+        "RelayAuthSecretArn",
+        "RelayLayerArn",
+    }
+    assert outputs["MessagesEndpoint"]["Value"]["Fn::Sub"].endswith("/v1/messages")
+    assert outputs["ApiUrl"]["Value"]["Fn::Sub"].startswith("https://${HttpApi}.execute-api.")
+
+
+def _sam() -> str | None:
+    candidate = Path(sys.executable).parent / "sam"
+    if candidate.exists():
+        return str(candidate)
+    return None
+
+
+def test_sam_validate_lint() -> None:
+    sam = _sam()
+    if sam is None:
+        pytest.skip(f"sam not found next to {sys.executable} (run `make setup`)")
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0"}
+    result = subprocess.run(
+        [sam, "validate", "--lint", "--region", "us-east-1", "--template", str(TEMPLATE)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "is a valid SAM Template" in output
+    assert re.search(r"\b[WE]\d{4}\b", output) is None, output
