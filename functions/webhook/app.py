@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
-from relay.errors import MalformedBody, RelayError
+from relay.errors import RelayError
+from relay.ids import new_relay_id
 from relay.intake import HttpRequest, read_message
 from relay.observability import logger
-from relay.runtime import Relay, new_relay_id
+from relay.runtime import Relay
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -23,13 +22,15 @@ app = APIGatewayHttpResolver()
 
 @app.post("/v1/messages")
 def post_message() -> Response[str]:
+    # The clock starts now: reading secrets counts against the time to answer.
+    deadline = relay.deadline(app.lambda_context.get_remaining_time_in_millis())
     event = app.current_event
     request = HttpRequest(
         headers={name.lower(): value for name, value in (event.headers or {}).items()},
-        body=_body(event.raw_event),
+        body=event.get("body") or "",
+        base64_encoded=bool(event.get("isBase64Encoded")),
     )
     message = read_message(request, relay.credentials, relay.defaults)
-    deadline = relay.deadline(app.lambda_context.get_remaining_time_in_millis())
     delivery = relay.deliverer.deliver(message, new_relay_id(), deadline)
     answer: dict[str, Any] = {
         "id": delivery.relay_id,
@@ -67,16 +68,6 @@ def unexpected_error(error: Exception) -> Response[str]:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)
-
-
-def _body(event: dict[str, Any]) -> bytes:
-    body = event.get("body") or ""
-    if not event.get("isBase64Encoded"):
-        return body.encode("utf-8", "surrogatepass")  # lone surrogates fail later, as a 400
-    try:
-        return base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError):
-        raise MalformedBody("the body is not valid base64") from None
 
 
 def _json(

@@ -90,7 +90,9 @@ class Received:
 class Fault:
     """What to do with a request instead of the normal answer. Build with the classmethods."""
 
-    kind: Literal["status", "hang", "slow", "reset_before_read", "reset_after_read", "garbage"]
+    kind: Literal[
+        "status", "hang", "slow", "drip", "reset_before_read", "reset_after_read", "garbage"
+    ]
     code: int = 0
     body: bytes = b""
     headers: tuple[tuple[str, str], ...] = ()
@@ -133,6 +135,11 @@ class Fault:
     def slow(cls, seconds: float) -> Fault:
         """Read the request, wait, then answer normally."""
         return cls("slow", seconds=seconds)
+
+    @classmethod
+    def drip(cls, seconds: float) -> Fault:
+        """Answer normally, but send the body one byte every ``seconds``."""
+        return cls("drip", seconds=seconds)
 
     @classmethod
     def reset_before_read(cls) -> Fault:
@@ -456,8 +463,9 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that hang up (timeouts, resets) are part of the game; stay quiet about those.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        # Clients that hang up (timeouts, resets) and connections the sandbox reset on purpose
+        # (their file objects are closed) are part of the game; stay quiet about those.
+        if not isinstance(sys.exc_info()[1], ConnectionError | ValueError):
             super().handle_error(request, client_address)
 
 
@@ -528,6 +536,10 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(verdict.answer)
             return
+        if fault is not None and fault.kind == "drip":
+            sandbox._record(replace(seen, answered=verdict.answer.status))
+            self._send(verdict.answer, drip=fault.seconds)
+            return
         slow = fault.seconds if fault is not None else 0.0
         if sandbox._pause(sandbox.latency + slow):
             self._reset()  # the sandbox is stopping
@@ -551,24 +563,32 @@ class _Handler(BaseHTTPRequestHandler):
             raise ValueError("negative Content-Length")
         return self.rfile.read(length)
 
-    def _send(self, answer: _Answer) -> None:
+    def _send(self, answer: _Answer, drip: float = 0.0) -> None:
         headers = answer.headers
         body = b""
         if answer.body is not None:
             body = json.dumps(answer.body).encode()
             headers = (*headers, ("Content-Type", "application/json"))
-        self._send_raw(answer.status, body, headers)
+        self._send_raw(answer.status, body, headers, drip)
 
-    def _send_raw(self, status: int, body: bytes, headers: tuple[tuple[str, str], ...]) -> None:
+    def _send_raw(
+        self, status: int, body: bytes, headers: tuple[tuple[str, str], ...], drip: float = 0.0
+    ) -> None:
         try:
             self.send_response(status)
             for name, value in headers:
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not drip:
+                self.wfile.write(body)
+            for i in range(len(body) if drip else 0):
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                if self.server.sandbox._pause(drip):
+                    break
             self.wfile.flush()
-        except OSError:
+        except (OSError, ValueError):
             self.close_connection = True
 
     def _reset(self) -> None:

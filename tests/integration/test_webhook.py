@@ -22,6 +22,7 @@ from tests.conftest import (
     bearer,
     fluents_message,
     lancepilot_message,
+    load_event,
 )
 
 
@@ -56,9 +57,20 @@ def test_lancepilot_message_is_sent_as_the_document_says(webhook, lancepilot, fl
 
 
 def test_lancepilot_receipt_is_passed_back(webhook, lancepilot):
+    lancepilot.enqueue(
+        Fault.status(
+            201,
+            {
+                "status": 201,
+                "message": "Resource created successfully.",
+                "data": {"id": "msg-42", "contact": "c-7"},
+            },
+        )
+    )
+
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
-    assert isinstance(answer.json["provider_response"], dict)
+    assert answer.json["provider_response"] == {"id": "msg-42", "contact": "c-7"}
 
 
 def test_fluents_message_is_sent_and_its_empty_201_is_enough(webhook, fluents, lancepilot):
@@ -224,6 +236,39 @@ def test_unauthenticated_caller_learns_nothing_about_the_body(webhook):
     assert answer.status == 401
 
 
+def test_body_size_limit_is_64_kib_exactly(webhook, lancepilot):
+    def body_of(size: int) -> bytes:
+        envelope = json.dumps(lancepilot_message(text="")).encode()
+        return json.dumps(lancepilot_message(text="x" * (size - len(envelope)))).encode()
+
+    at_limit = webhook.post(raw=body_of(65_536), headers=bearer())
+    over = webhook.post(raw=body_of(65_537), headers=bearer())
+
+    assert at_limit.status == 422  # read and judged: the text is too long
+    assert over.status == 413
+    assert lancepilot.received == []
+
+
+def test_bad_base64_is_400_only_for_an_authenticated_caller(webhook, lancepilot):
+    event = load_event("http_post_lancepilot.json")
+    for headers, status in (({"content-type": "application/json"}, 401), (bearer(), 400)):
+        event.update(body="not base64 at all!", isBase64Encoded=True, headers=headers)
+        result = webhook.module.lambda_handler(event, LambdaContext())
+        assert result["statusCode"] == status
+    assert lancepilot.received == []
+
+
+def test_lone_surrogate_in_text_is_422(webhook, lancepilot):
+    raw = json.dumps(lancepilot_message(text="\ud800")).encode()  # JSON allows "\ud800"
+    assert b"\\ud800" in raw
+
+    answer = webhook.post(raw=raw, headers=bearer())
+
+    assert answer.status == 422
+    assert answer.json["errors"] == {"text": ["must be valid Unicode text"]}
+    assert lancepilot.received == []
+
+
 @pytest.mark.parametrize(
     "content_type",
     ["text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1"],
@@ -286,8 +331,6 @@ def test_unknown_route_is_404(webhook):
 
 
 def _event(name):
-    from tests.conftest import load_event
-
     return load_event(name)
 
 
@@ -336,13 +379,61 @@ def test_fluents_400_is_passed_on(webhook, fluents):
 
 
 def test_transient_failures_are_retried_until_delivered(webhook, lancepilot):
-    lancepilot.enqueue(Fault.status(503), Fault.status(500), Fault.reset_before_read())
+    lancepilot.enqueue(Fault.status(503), Fault.status(500), Fault.status(429))
 
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 201
     assert answer.json["attempts"] == 4
     assert len(lancepilot.accepted()) == 1
+
+
+def test_408_is_retried(webhook, fluents):
+    fluents.enqueue(Fault.status(408))
+
+    answer = webhook.post(fluents_message(), headers=bearer())
+
+    assert (answer.status, answer.json["attempts"]) == (201, 2)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
+def test_every_provider_4xx_is_a_final_502(webhook, fluents, status):
+    fluents.enqueue(Fault.status(status, {"message": "no", "error": "x", "statusCode": status}))
+
+    answer = webhook.post(fluents_message(), headers=bearer())
+
+    assert (answer.status, answer.json["provider_status"]) == (502, status)
+    assert len(fluents.received) == 1
+
+
+def test_retry_after_as_an_http_date_is_honoured(webhook, lancepilot):
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 2))
+    lancepilot.enqueue(Fault.status(503, retry_after=when))
+
+    started = time.monotonic()
+    answer = webhook.post(lancepilot_message(), headers=bearer())
+
+    assert answer.status == 201
+    assert time.monotonic() - started >= 0.5
+    assert len(lancepilot.received) == 2
+
+
+@pytest.mark.parametrize("value", ["soon", "Wed, 21 Oct 99999 07:28:00 GMT", "-5", "1e309"])
+def test_unreadable_retry_after_falls_back_to_backoff(webhook, lancepilot, value):
+    lancepilot.enqueue(Fault.status(503, retry_after=value))
+
+    answer = webhook.post(lancepilot_message(), headers=bearer())
+
+    assert (answer.status, answer.json["attempts"]) == (201, 2)
+
+
+def test_unreadable_retry_after_on_the_final_answer_gets_the_default(webhook, lancepilot):
+    lancepilot.set_default(Fault.status(503, retry_after="Wed, 21 Oct 99999 07:28:00 GMT"))
+
+    answer = webhook.post(lancepilot_message(), headers=bearer())
+
+    assert answer.status == 503
+    assert answer.headers["retry-after"] == "10"
 
 
 def test_retry_after_is_honoured(webhook, lancepilot):
@@ -394,17 +485,36 @@ def test_hanging_provider_gets_504_and_is_not_resent(webhook, lancepilot):
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 504
+    assert answer.json["message"].startswith("lancepilot gave no answer in time")
     assert "may or may not" in answer.json["message"]
     assert len(lancepilot.received) == 1
 
 
-def test_reset_after_the_request_was_read_is_retried(webhook, lancepilot):
-    lancepilot.enqueue(Fault.reset_after_read())
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.reset_after_read(), Fault.reset_before_read()],
+    ids=["after read", "before read"],
+)
+def test_dropped_connection_is_ambiguous_504_and_not_resent(webhook, lancepilot, fault):
+    # The relay cannot tell a reset before the provider read the request from one after it.
+    lancepilot.enqueue(fault)
 
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
-    assert answer.status == 201
-    assert len(lancepilot.received) == 2
+    assert answer.status == 504
+    assert "connection dropped" in answer.json["message"]
+    assert lancepilot.accepted() == []
+    assert len(lancepilot.received) <= 1
+
+
+def test_a_dripping_answer_cannot_hold_the_relay_past_its_deadline(webhook, lancepilot):
+    lancepilot.enqueue(Fault.drip(0.2))  # ~100 bytes: 20 s at this pace; the budget is 5 s
+
+    started = time.monotonic()
+    answer = webhook.post(lancepilot_message(), headers=bearer())
+
+    assert answer.status == 201  # the status line said accepted; the body is only detail
+    assert time.monotonic() - started < 6
 
 
 def test_non_json_success_body_is_still_delivered(webhook, lancepilot):

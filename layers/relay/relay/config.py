@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from relay.ids import is_uuid
 from relay.phone import is_e164
 
 if TYPE_CHECKING:
@@ -116,11 +116,3 @@ class Settings:
         if problems:
             raise ConfigError("; ".join(problems))
         return settings
-
-
-def is_uuid(value: str) -> bool:
-    """True for a canonical 8-4-4-4-12 hex UUID."""
-    try:
-        return str(uuid.UUID(value)) == value.lower()
-    except ValueError:
-        return False

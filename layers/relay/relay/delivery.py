@@ -7,14 +7,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from urllib3.exceptions import InvalidHeader
-from urllib3.util import Retry
-
 from relay.errors import ProviderRejected, ProviderTimeout, ProviderUnavailable, RelayError
 from relay.observability import logger
 from relay.phone import mask
 from relay.providers import build_request, read_error, read_receipt
-from relay.transport import RETRY_STATUSES, SendFailed, SendTimedOut
+from relay.transport import RETRY_STATUSES, SendFailed, SendUnconfirmed
 
 if TYPE_CHECKING:
     from relay.config import ProviderName, Settings
@@ -69,11 +66,13 @@ class Deliverer:
             )
 
         started = time.monotonic()
+        error: RelayError
         try:
             reply = self._transport.post(request, deadline, on_retry)
             return self._settle(message, relay_id, reply, started, context)
-        except SendTimedOut as exc:
-            self._fail(ProviderTimeout(message.provider), relay_id, started, exc.attempts, context)
+        except SendUnconfirmed as exc:
+            error = ProviderTimeout(message.provider, exc.detail)
+            self._fail(error, relay_id, started, exc.attempts, context)
         except SendFailed as exc:
             error = ProviderUnavailable(message.provider, exc.detail, None, DEFAULT_RETRY_AFTER)
             self._fail(error, relay_id, started, exc.attempts, context)
@@ -130,11 +129,6 @@ class Deliverer:
 
 def _retry_after(reply: Reply) -> int:
     """The provider's Retry-After in whole seconds, bounded; a default when it gave none."""
-    value = reply.headers.get("Retry-After")
-    if value:
-        try:
-            seconds = Retry().parse_retry_after(value)
-        except InvalidHeader:
-            return DEFAULT_RETRY_AFTER
-        return min(MAX_RETRY_AFTER, max(1, math.ceil(seconds)))
-    return DEFAULT_RETRY_AFTER
+    if reply.retry_after is None:
+        return DEFAULT_RETRY_AFTER
+    return min(MAX_RETRY_AFTER, max(1, math.ceil(reply.retry_after)))

@@ -119,13 +119,13 @@ class ProviderUnavailable(RelayError):
 
 
 class ProviderTimeout(RelayError):
-    """The request went out but no answer came in time: the provider may have accepted it."""
+    """The request went out but no answer came: the provider may have accepted it."""
 
     status, kind, reason = 504, "ambiguous", "timeout"
 
-    def __init__(self, provider: str) -> None:
+    def __init__(self, provider: str, detail: str) -> None:
         super().__init__(
-            f"{provider} did not answer in time; the message may or may not have been sent, "
+            f"{provider} gave {detail}; the message may or may not have been sent, "
             "so it was not retried"
         )
         self.provider = provider

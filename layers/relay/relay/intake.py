@@ -6,6 +6,8 @@ everything else, so an unauthenticated caller learns nothing about what a valid 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,19 +27,36 @@ MAX_BODY_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class HttpRequest:
-    """An HTTP request as the relay needs it: header names in lower case, the body as bytes."""
+    """An HTTP request as the relay needs it: header names in lower case, the body as received
+    (API Gateway passes binary bodies base64-encoded)."""
 
     headers: Mapping[str, str]
-    body: bytes
+    body: str
+    base64_encoded: bool = False
 
 
 def read_message(request: HttpRequest, credentials: Credentials, defaults: Defaults) -> Message:
     """Check and parse a POST /v1/messages request; raise the RelayError a caller should see."""
-    if len(request.body) > MAX_BODY_BYTES:
+    body = _decode(request)
+    size = len(body) if body is not None else len(request.body) * 3 // 4
+    if size > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"the body is over {MAX_BODY_BYTES} bytes")
-    authenticate(request.headers, request.body, credentials.auth_keys())
+    authenticate(request.headers, body or b"", credentials.auth_keys())
+    if body is None:
+        raise MalformedBody("the body is not valid base64")
     _check_content_type(request.headers.get("content-type"))
-    return parse_message(load_json(request.body), defaults)
+    return parse_message(load_json(body), defaults)
+
+
+def _decode(request: HttpRequest) -> bytes | None:
+    """The exact bytes the caller sent (signatures cover them); None if they cannot be had."""
+    if request.base64_encoded:
+        try:
+            return base64.b64decode(request.body, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+    # A str from API Gateway is valid Unicode; lone surrogates fail later, as a 400.
+    return request.body.encode("utf-8", "surrogatepass")
 
 
 def load_json(body: bytes | str) -> Any:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from relay.config import PROVIDERS, ProviderName, is_uuid
+from relay.config import PROVIDERS, ProviderName
 from relay.errors import InvalidMessage
+from relay.ids import is_uuid
 from relay.phone import is_e164, is_valid_number
 
 if TYPE_CHECKING:
@@ -73,6 +74,11 @@ def parse_message(data: Any, defaults: Defaults) -> Message:
         if not lo <= len(value) <= hi:
             fail(name, f"must be {lo} to {hi} characters long")
             return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, legal as a JSON escape
+            fail(name, "must be valid Unicode text")
+            return None
         return value
 
     for name in sorted(data.keys() - FIELDS):
@@ -101,7 +107,7 @@ def parse_message(data: Any, defaults: Defaults) -> Message:
 
     workspace = text_field("workspace", lo=1, hi=64)
     if workspace is not None and not is_uuid(workspace):
-        fail("workspace", "must be a UUID (8-4-4-4-12 hex, lower case)")
+        fail("workspace", "must be a UUID (8-4-4-4-12 hex digits)")
 
     idempotency_key = text_field("idempotency_key", lo=1, hi=MAX_IDEMPOTENCY_KEY)
 

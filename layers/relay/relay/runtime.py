@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 
 from relay.config import Settings
@@ -41,8 +40,3 @@ class Relay:
         """When sending must be over (time.monotonic()): the send budget or the Lambda's time."""
         room = min(self.settings.send_budget, remaining_ms / 1000 - ANSWER_MARGIN_SECONDS)
         return time.monotonic() + room
-
-
-def new_relay_id() -> str:
-    """A fresh id for a message; callers quote it, logs carry it."""
-    return str(uuid.uuid4())

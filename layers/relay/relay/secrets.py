@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.parameters.exceptions import (
     GetParameterError,
     TransformParameterError,
 )
+from botocore.config import Config
 
 from relay.auth import AuthKeys
 from relay.errors import DependencyUnavailable, Misconfigured
@@ -24,14 +25,21 @@ class SecretStore(Protocol):
 
 
 class SecretsManagerStore:
-    """AWS Secrets Manager through Powertools' SecretsProvider, with its cache (``max_age``)."""
+    """AWS Secrets Manager through Powertools' SecretsProvider, with its cache (``max_age``).
+
+    botocore's defaults (60 s timeouts, several retries) could outlast API Gateway's 29 s on a
+    cold cache; these bounds keep a Secrets Manager hiccup a quick 503 instead.
+    """
 
     def __init__(self, max_age: int) -> None:
         self._max_age = max_age
+        self._provider = parameters.SecretsProvider(
+            boto_config=Config(connect_timeout=2, read_timeout=3, retries={"total_max_attempts": 2})
+        )
 
     def get_json(self, secret_id: str) -> Any:
         try:
-            return parameters.get_secret(secret_id, transform="json", max_age=self._max_age)
+            return self._provider.get(secret_id, transform="json", max_age=self._max_age)
         except TransformParameterError:
             raise Misconfigured("a relay secret is not valid JSON") from None
         except GetParameterError:

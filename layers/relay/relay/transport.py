@@ -1,9 +1,10 @@
 """HTTP to the providers: one pooled urllib3 client per process, retried within a deadline.
 
 Retries use urllib3's own ``Retry``, extended with what a POST of a customer message needs:
-POST is retried (on 5xx, 408, 429 and connection failures), waits are exponential with full
-jitter or the provider's ``Retry-After``, no wait may cross the deadline, and a read timeout is
-never retried here, because the provider may already have accepted the message.
+POST is retried (on 5xx, 408, 429 and failures to connect), waits are exponential with full
+jitter or the provider's ``Retry-After``, and no wait may cross the deadline. Once the request
+may have reached the provider (a read timeout, or the connection dropped before an answer),
+nothing is resent here: the provider may already have accepted the message.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from urllib3.exceptions import (
     HTTPError,
     InvalidHeader,
     MaxRetryError,
+    ProtocolError,
     ReadTimeoutError,
     ResponseError,
 )
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     RetryHook = Callable[[int, int | None, str | None, float], None]
 
 RETRY_STATUSES = frozenset({408, 429, *range(500, 600)})
+MAX_REPLY_BYTES = 64 * 1024  # more than any documented answer; the rest is not read
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class Reply:
     headers: Mapping[str, str]
     body: bytes
     attempts: int
+    retry_after: float | None  # the provider's Retry-After in seconds, when it sent a valid one
 
 
 class SendFailed(Exception):
@@ -57,16 +61,18 @@ class SendFailed(Exception):
         self.attempts = attempts
 
 
-class SendTimedOut(Exception):
-    """The request was sent and no answer came before the read timeout: outcome unknown."""
+class SendUnconfirmed(Exception):
+    """The request may have reached the provider, but no answer came: the outcome is unknown."""
 
-    def __init__(self, attempts: int) -> None:
-        super().__init__("read timed out")
+    def __init__(self, detail: str, attempts: int) -> None:
+        super().__init__(detail)
+        self.detail = detail
         self.attempts = attempts
 
 
 class DeadlineRetry(Retry):
-    """``Retry`` that never waits past ``deadline`` and never resends after a read timeout."""
+    """``Retry`` whose waits never cross ``deadline``. Build it with ``read=False`` so that a
+    read timeout or a dropped connection is raised, not resent."""
 
     def __init__(
         self,
@@ -97,9 +103,6 @@ class DeadlineRetry(Retry):
         _pool: ConnectionPool | None = None,
         _stacktrace: TracebackType | None = None,
     ) -> DeadlineRetry:
-        if isinstance(error, ReadTimeoutError):
-            # Ambiguous: the provider may have the message, and resending could duplicate it.
-            raise error
         retry = super().increment(method, url, response, error, _pool, _stacktrace)
         retry.wait = retry.planned_wait(response)
         if time.monotonic() + retry.wait + self.attempt_time > self.deadline:
@@ -116,13 +119,9 @@ class DeadlineRetry(Retry):
 
     def planned_wait(self, response: BaseHTTPResponse | None) -> float:
         """The provider's Retry-After when it gave one, else capped exponential full jitter."""
-        if response is not None:
-            try:
-                retry_after = self.get_retry_after(response)
-            except InvalidHeader:
-                retry_after = None
-            if retry_after is not None:
-                return retry_after
+        retry_after = retry_after_seconds(response)
+        if retry_after is not None:
+            return retry_after
         ceiling = min(self.backoff_max, self.backoff_factor * 2 ** (len(self.history) - 1))
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
 
@@ -164,6 +163,7 @@ class Transport:
 
         retries = DeadlineRetry(
             total=s.max_attempts - 1,
+            read=False,  # a read timeout or dropped connection may follow a delivery: never resend
             allowed_methods=None,  # POST too: the statuses and errors retried mean "not processed"
             status_forcelist=RETRY_STATUSES,
             backoff_factor=s.backoff_base,
@@ -184,14 +184,60 @@ class Transport:
                 headers=request.headers,
                 retries=retries,
                 timeout=timeout,
+                preload_content=False,
             )
         except ReadTimeoutError:
-            raise SendTimedOut(attempts) from None
+            raise SendUnconfirmed("no answer in time", attempts) from None
+        except ProtocolError:
+            raise SendUnconfirmed("no answer: the connection dropped", attempts) from None
         except MaxRetryError as exc:
             raise SendFailed(_describe(exc.reason), attempts) from None
         except HTTPError as exc:
             raise SendFailed(_describe(exc), attempts) from None
-        return Reply(response.status, response.headers, response.data, attempts)
+        return Reply(
+            status=response.status,
+            headers=response.headers,
+            body=_read_body(response, deadline),
+            attempts=attempts,
+            retry_after=retry_after_seconds(response),
+        )
+
+
+def retry_after_seconds(response: BaseHTTPResponse | None) -> float | None:
+    """A valid Retry-After (seconds or HTTP date) in seconds; None when absent or unreadable."""
+    if response is None:
+        return None
+    try:
+        return Retry().get_retry_after(response)
+    except (InvalidHeader, ValueError, OverflowError):
+        return None
+
+
+def _read_body(response: BaseHTTPResponse, deadline: float) -> bytes:
+    """Read the answer's body, bounded in size and by the deadline.
+
+    The status has decided the outcome already; a body that is cut short, dripped slowly or
+    broken off only loses detail, never the classification.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    complete = False
+    try:
+        # read1 returns what has arrived, so a dripping body cannot keep us past the deadline.
+        while chunk := response.read1(4096):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= MAX_REPLY_BYTES or time.monotonic() > deadline:
+                break
+        else:
+            complete = True
+    except (HTTPError, OSError):
+        pass
+    if complete:
+        response.release_conn()  # back to the pool for the next send
+    else:
+        response.close()  # unread bytes would corrupt the next answer on this connection
+    return b"".join(chunks)[:MAX_REPLY_BYTES]
 
 
 def _describe(error: BaseException | None) -> str:
@@ -202,7 +248,6 @@ def _describe(error: BaseException | None) -> str:
     return {
         "NewConnectionError": "could not connect",
         "ConnectTimeoutError": "connection timed out",
-        "ProtocolError": "connection dropped",
         "SSLError": "TLS failed",
         "ResponseError": "no time left to retry",
     }.get(name, f"connection failed ({name})")
