@@ -14,6 +14,9 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
 from moto import mock_aws
+
+from relay_local import resources
+from relay_local.esm import EventSourceMapping
 from relay_local.lambda_runtime import LambdaContext, load_function
 from relay_local.sandbox import ProviderSandbox
 
@@ -73,23 +76,37 @@ def fluents(sandboxes: dict[str, ProviderSandbox]) -> Any:
     yield from _sandbox(sandboxes, "fluents")
 
 
+@dataclass
+class Aws:
+    """moto's clients and the stack's resources in it."""
+
+    secrets: Any
+    sqs: Any
+    dynamodb: Any
+    queue_url: str
+    dlq_url: str
+    table: str
+
+
 @pytest.fixture
 def aws() -> Any:
-    """moto in-process, with the relay's two secrets in place; Powertools' cache emptied."""
+    """moto in-process: the secrets, queues and table, built from template.yaml's properties."""
     parameters.clear_caches()
     with mock_aws():
-        secrets = boto3.client("secretsmanager")
-        secrets.create_secret(Name=TOKENS_SECRET, SecretString=json.dumps(TOKENS))
-        secrets.create_secret(
-            Name=AUTH_SECRET,
-            SecretString=json.dumps(
-                {
-                    "api_keys": [API_KEY, SECOND_API_KEY],
-                    "signing_secrets": [SIGNING_SECRET, SECOND_SIGNING_SECRET],
-                }
-            ),
+        auth = {
+            "api_keys": [API_KEY, SECOND_API_KEY],
+            "signing_secrets": [SIGNING_SECRET, SECOND_SIGNING_SECRET],
+        }
+        made = resources.create(TOKENS, auth)
+        assert (made.tokens_secret, made.auth_secret) == (TOKENS_SECRET, AUTH_SECRET)
+        yield Aws(
+            secrets=boto3.client("secretsmanager"),
+            sqs=boto3.client("sqs"),
+            dynamodb=boto3.client("dynamodb"),
+            queue_url=made.queue_url,
+            dlq_url=made.dlq_url,
+            table=made.table,
         )
-        yield secrets
     parameters.clear_caches()
 
 
@@ -114,6 +131,12 @@ def relay_env(
         "SEND_BUDGET_SECONDS": "5",
         "BACKOFF_BASE_SECONDS": "0.01",
         "BACKOFF_MAX_SECONDS": "0.05",
+        "IDEMPOTENCY_TABLE": aws.table,
+        "DELIVERY_QUEUE_URL": aws.queue_url,
+        "DEAD_LETTER_QUEUE_URL": aws.dlq_url,
+        "MAX_RECEIVE_COUNT": "3",
+        "REDELIVERY_BASE_SECONDS": "1",
+        "REDELIVERY_MAX_SECONDS": "4",
     }
     for name in ("DEFAULT_PROVIDER", "LANCEPILOT_WORKSPACE_ID", "FLUENTS_FROM_NUMBER"):
         monkeypatch.delenv(name, raising=False)
@@ -183,6 +206,13 @@ def logs() -> Any:
 @pytest.fixture
 def webhook(relay_env: dict[str, str]) -> Webhook:
     return Webhook(load_function("webhook"))
+
+
+@pytest.fixture
+def delivery(relay_env: dict[str, str], aws: Aws) -> EventSourceMapping:
+    """The delivery function behind a local event source mapping on the moto queue."""
+    handler = load_function("delivery").lambda_handler
+    return EventSourceMapping(aws.sqs, aws.queue_url, handler, wait_seconds=0, timeout_s=30)
 
 
 def bearer(key: str = API_KEY) -> dict[str, str]:

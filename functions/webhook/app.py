@@ -1,4 +1,4 @@
-"""POST /v1/messages: authenticate, validate, and deliver a message through its provider now."""
+"""POST /v1/messages: authenticate, validate, then deliver now or (Prefer: respond-async) queue."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
+
 from relay.errors import RelayError
-from relay.ids import new_relay_id
-from relay.intake import HttpRequest, read_message
+from relay.intake import HttpRequest, prefers_async, read_message
 from relay.observability import logger
 from relay.runtime import Relay
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 relay = Relay.from_env()
+service = relay.service()
 app = APIGatewayHttpResolver()
 
 
@@ -31,7 +32,13 @@ def post_message() -> Response[str]:
         base64_encoded=bool(event.get("isBase64Encoded")),
     )
     message = read_message(request, relay.credentials, relay.defaults)
-    delivery = relay.deliverer.deliver(message, new_relay_id(), deadline)
+
+    if service.can_queue and prefers_async(request.headers):
+        relay_id, replayed = service.queue(message, request.raw_body(), request.headers)
+        headers = {"Preference-Applied": "respond-async"}
+        return _json(202, {"id": relay_id, "status": "queued"}, headers, replayed)
+
+    delivery, replayed = service.send_now(message, request.headers, deadline)
     answer: dict[str, Any] = {
         "id": delivery.relay_id,
         "status": "delivered",
@@ -41,7 +48,7 @@ def post_message() -> Response[str]:
     }
     if delivery.receipt is not None:
         answer["provider_response"] = delivery.receipt
-    return _json(201, answer)
+    return _json(201, answer, replayed=replayed)
 
 
 @app.exception_handler(RelayError)
@@ -67,12 +74,19 @@ def unexpected_error(error: Exception) -> Response[str]:
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    relay.idempotency.start_invocation(context)
     return app.resolve(event, context)
 
 
 def _json(
-    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    status: int,
+    body: dict[str, Any],
+    headers: dict[str, str] | None = None,
+    replayed: bool = False,
 ) -> Response[str]:
+    headers = dict(headers or {})
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
     return Response(
         status_code=status,
         content_type="application/json",

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from relay_local import resources
 from relay_local.apigw import HttpApi
+from relay_local.esm import EventSourceMapping
 from relay_local.lambda_runtime import load_function
 from relay_local.sandbox import ProviderSandbox
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from relay_local.resources import StackResources
     from relay_local.sandbox import Provider, Received
 
 # Development values, printed at start: nothing here is a real credential.
@@ -25,8 +27,6 @@ DEV_SIGNING_SECRET = "whsec_" + base64.b64encode(b"local-dev-signing-secret-32by
 DEV_TOKENS = {"lancepilot": "local-lancepilot-token", "fluents": "local-fluents-token"}
 DEV_WORKSPACE = "3f0c6a52-8a1e-4d5b-9c61-2b7e0f4d9a10"
 DEV_FROM_NUMBER = "+12025550143"
-TOKENS_SECRET = "webhook-relay/local/provider-tokens"
-AUTH_SECRET = "webhook-relay/local/auth"
 
 
 @dataclass
@@ -42,6 +42,8 @@ class DevStack:
     sandboxes: dict[str, ProviderSandbox] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     url: str = ""
+    aws_resources: StackResources | None = None
+    poller: EventSourceMapping | None = None
     _moto: Any = None
     _api: HttpApi | None = None
 
@@ -80,10 +82,18 @@ class DevStack:
             self.sandboxes[provider] = sandbox
             urls[provider] = sandbox.base_url
 
-        self._seed_secrets(tokens)
+        auth = {"api_keys": [DEV_API_KEY], "signing_secrets": [DEV_SIGNING_SECRET]}
+        made = resources.create(tokens, auth, prefix="webhook-relay-local")
+        self.aws_resources = made
         self.env = {
-            "PROVIDER_TOKENS_SECRET": TOKENS_SECRET,
-            "RELAY_AUTH_SECRET": AUTH_SECRET,
+            "PROVIDER_TOKENS_SECRET": made.tokens_secret,
+            "RELAY_AUTH_SECRET": made.auth_secret,
+            "IDEMPOTENCY_TABLE": made.table,
+            "DELIVERY_QUEUE_URL": made.queue_url,
+            "DEAD_LETTER_QUEUE_URL": made.dlq_url,
+            # Redelivery backoff in seconds rather than minutes, to watch it happen locally.
+            "REDELIVERY_BASE_SECONDS": "2",
+            "REDELIVERY_MAX_SECONDS": "30",
             "LANCEPILOT_API_URL": urls["lancepilot"],
             "FLUENTS_API_URL": urls["fluents"],
             "LANCEPILOT_WORKSPACE_ID": self.environ.get("LANCEPILOT_WORKSPACE_ID", DEV_WORKSPACE),
@@ -99,23 +109,24 @@ class DevStack:
         self._api = HttpApi({"POST /v1/messages": webhook.lambda_handler})
         server = self._api.serve(self.host, self.port)
         self.url = f"http://{self.host}:{server.server_address[1]}"
+
+        import boto3
+
+        delivery = load_function("delivery")
+        self.poller = EventSourceMapping(
+            boto3.client("sqs"), made.queue_url, delivery.lambda_handler, wait_seconds=1
+        ).start()
         return self
 
     def stop(self) -> None:
+        if self.poller is not None:
+            self.poller.stop()
         if self._api is not None:
             self._api.stop()
         for sandbox in self.sandboxes.values():
             sandbox.stop()
         if self._moto is not None:
             self._moto.stop()
-
-    def _seed_secrets(self, tokens: dict[str, str]) -> None:
-        import boto3
-
-        secrets = boto3.client("secretsmanager")
-        auth = {"api_keys": [DEV_API_KEY], "signing_secrets": [DEV_SIGNING_SECRET]}
-        for name, value in ((TOKENS_SECRET, tokens), (AUTH_SECRET, auth)):
-            secrets.create_secret(Name=name, SecretString=json.dumps(value))
 
 
 def _free_port(host: str) -> int:

@@ -13,9 +13,9 @@ import time
 
 import pytest
 import urllib3
+
 from relay.auth import sign
 from relay_local.stack import DEV_API_KEY, DEV_SIGNING_SECRET
-
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

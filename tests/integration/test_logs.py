@@ -8,7 +8,6 @@ import time
 from relay.auth import sign
 from relay.observability import logger
 from relay_local.sandbox import Fault
-
 from tests.conftest import (
     API_KEY,
     SIGNING_SECRET,
@@ -63,7 +62,7 @@ def test_no_outcome_leaks_personal_data_or_secrets(webhook, lancepilot, fluents,
         lancepilot.set_default(None)
         webhook.post(fluents_message(to="+4915123456780"[:-1]), headers=bearer())  # 422
         webhook.post(fluents_message(), headers=bearer("wrong-key"))  # 401
-        aws.put_secret_value(SecretId="webhook-relay/provider-tokens", SecretString="[]")
+        aws.secrets.put_secret_value(SecretId="webhook-relay/provider-tokens", SecretString="[]")
         webhook.post(fluents_message(), headers=bearer())  # 500 misconfigured (cached: may 201)
     finally:
         logger.setLevel("INFO")

@@ -12,8 +12,9 @@ import pytest
 import urllib3
 import yaml
 from openapi_schema_validator import OAS30Validator, OAS31Validator
-from relay_local.sandbox import SPEC_DIR, SPEC_FILES, Fault, ProviderSandbox, Received
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
+
+from relay_local.sandbox import SPEC_DIR, SPEC_FILES, Fault, ProviderSandbox, Received
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

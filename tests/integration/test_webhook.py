@@ -7,10 +7,10 @@ import json
 import time
 
 import pytest
+
 from relay.auth import sign
 from relay_local.lambda_runtime import LambdaContext, load_function
 from relay_local.sandbox import Fault
-
 from tests.conftest import (
     API_KEY,
     SECOND_API_KEY,
@@ -352,7 +352,7 @@ def test_provider_refusal_is_502_with_its_status_and_text_and_not_retried(webhoo
 
 
 def test_wrong_provider_token_is_a_502_naming_the_providers_401(webhook, aws, lancepilot):
-    aws.put_secret_value(
+    aws.secrets.put_secret_value(
         SecretId="webhook-relay/provider-tokens",
         SecretString=json.dumps({"lancepilot": "stale", "fluents": "stale"}),
     )
@@ -542,7 +542,7 @@ def test_every_answer_comes_within_the_lambdas_remaining_time(webhook, lancepilo
 
 
 def test_unreadable_auth_secret_fails_closed_with_503(webhook, aws, lancepilot):
-    aws.delete_secret(SecretId="webhook-relay/auth", ForceDeleteWithoutRecovery=True)
+    aws.secrets.delete_secret(SecretId="webhook-relay/auth", ForceDeleteWithoutRecovery=True)
 
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
@@ -551,7 +551,7 @@ def test_unreadable_auth_secret_fails_closed_with_503(webhook, aws, lancepilot):
 
 
 def test_malformed_auth_secret_fails_closed_with_500(webhook, aws, lancepilot):
-    aws.put_secret_value(SecretId="webhook-relay/auth", SecretString='{"api_keys": "one"}')
+    aws.secrets.put_secret_value(SecretId="webhook-relay/auth", SecretString='{"api_keys": "one"}')
 
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
@@ -562,7 +562,9 @@ def test_malformed_auth_secret_fails_closed_with_500(webhook, aws, lancepilot):
 
 def test_secrets_are_cached_across_invocations(webhook, aws, lancepilot):
     assert webhook.post(lancepilot_message(), headers=bearer()).status == 201
-    aws.delete_secret(SecretId="webhook-relay/auth", ForceDeleteWithoutRecovery=True)
-    aws.delete_secret(SecretId="webhook-relay/provider-tokens", ForceDeleteWithoutRecovery=True)
+    aws.secrets.delete_secret(SecretId="webhook-relay/auth", ForceDeleteWithoutRecovery=True)
+    aws.secrets.delete_secret(
+        SecretId="webhook-relay/provider-tokens", ForceDeleteWithoutRecovery=True
+    )
 
     assert webhook.post(lancepilot_message(), headers=bearer()).status == 201

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 
 import pytest
+
 from relay.auth import TOLERANCE_SECONDS, AuthKeys, authenticate, sign
 from relay.errors import Misconfigured, Unauthenticated
 

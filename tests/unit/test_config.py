@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from relay.config import ConfigError, Settings
 
-BASE = {"PROVIDER_TOKENS_SECRET": "tokens", "RELAY_AUTH_SECRET": "auth"}
+BASE = {"PROVIDER_TOKENS_SECRET": "tokens", "RELAY_AUTH_SECRET": "auth", "IDEMPOTENCY_TABLE": "t"}
 
 
 def test_defaults_are_the_documented_provider_urls():

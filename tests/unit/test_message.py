@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from relay.errors import InvalidMessage
 from relay.message import Defaults, Message, parse_message
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from urllib3 import HTTPResponse
+from urllib3.exceptions import MaxRetryError
+
 from relay.config import Settings
 from relay.runtime import ANSWER_MARGIN_SECONDS
 from relay.transport import DeadlineRetry
-from urllib3 import HTTPResponse
-from urllib3.exceptions import MaxRetryError
 
 TEMPLATE_TIMEOUT_S = 28  # template.yaml's WebhookFunction Timeout
 API_GATEWAY_LIMIT_S = 29
@@ -68,7 +69,9 @@ def test_every_retry_is_reported_to_the_hook():
 
 def test_template_settings_answer_within_api_gateways_limit():
     """Worst case: the budget is spent on waits and attempts, then the answer is shaped."""
-    s = Settings.from_env({"PROVIDER_TOKENS_SECRET": "t", "RELAY_AUTH_SECRET": "a"})
+    s = Settings.from_env(
+        {"PROVIDER_TOKENS_SECRET": "t", "RELAY_AUTH_SECRET": "a", "IDEMPOTENCY_TABLE": "i"}
+    )
     room = min(s.send_budget, TEMPLATE_TIMEOUT_S - ANSWER_MARGIN_SECONDS)
     # No retry starts unless wait + a whole attempt end before the deadline, and the first
     # attempt is cut to the room left; so sending ends by `room` at the latest.

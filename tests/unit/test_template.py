@@ -135,8 +135,16 @@ def test_route(function: dict[str, Any]) -> None:
     assert props["TimeoutInMillis"] <= 30000
 
 
+def environment(template: dict[str, Any], function: dict[str, Any]) -> dict[str, Any]:
+    """What the function sees: Globals' variables, then its own."""
+    return {
+        **template["Globals"]["Function"]["Environment"]["Variables"],
+        **function.get("Environment", {}).get("Variables", {}),
+    }
+
+
 def test_public_env_vars(template: dict[str, Any], function: dict[str, Any]) -> None:
-    env = function["Environment"]["Variables"]
+    env = environment(template, function)
     assert set(env) >= PUBLIC_ENV_VARS
     assert env["PROVIDER_TOKENS_SECRET"] == {"Ref": "ProviderTokensSecret"}
     assert env["RELAY_AUTH_SECRET"] == {"Ref": "RelayAuthSecret"}
@@ -191,17 +199,99 @@ def test_secrets_fail_closed_and_retained(resources: dict[str, Any]) -> None:
     assert auth == {"api_keys": [], "signing_secrets": []}
 
 
-def test_policies_scoped_to_the_two_secrets(function: dict[str, Any]) -> None:
-    policies = function["Policies"]
-    assert isinstance(policies, list)
-    arns = []
+def _policy_targets(policies: list[Any]) -> list[tuple[str, Any]]:
+    targets = []
     for policy in policies:
         assert isinstance(policy, dict), f"managed or inline policy not expected: {policy!r}"
-        assert list(policy) == ["AWSSecretsManagerGetSecretValuePolicy"], policy
-        arns.append(policy["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"])
-    assert sorted(arns, key=str) == [{"Ref": "ProviderTokensSecret"}, {"Ref": "RelayAuthSecret"}]
+        (name,) = policy
+        if name == "Statement":
+            for statement in policy[name]:
+                targets += [
+                    (action, statement["Resource"])
+                    for action in (
+                        [statement["Action"]]
+                        if isinstance(statement["Action"], str)
+                        else statement["Action"]
+                    )
+                ]
+        else:
+            targets.append((name, next(iter(policy[name].values()))))
     assert '"*"' not in repr(policies)
     assert "'*'" not in repr(policies)
+    return sorted(targets, key=repr)
+
+
+def test_webhook_policies_are_scoped_to_named_resources(function: dict[str, Any]) -> None:
+    assert _policy_targets(function["Policies"]) == sorted(
+        [
+            ("AWSSecretsManagerGetSecretValuePolicy", {"Ref": "ProviderTokensSecret"}),
+            ("AWSSecretsManagerGetSecretValuePolicy", {"Ref": "RelayAuthSecret"}),
+            ("SQSSendMessagePolicy", {"Fn::GetAtt": ["DeliveryQueue", "QueueName"]}),
+            ("DynamoDBCrudPolicy", {"Ref": "IdempotencyTable"}),
+        ],
+        key=repr,
+    )
+
+
+def test_delivery_policies_are_scoped_to_named_resources(resources: dict[str, Any]) -> None:
+    policies = resources["DeliveryFunction"]["Properties"]["Policies"]
+    assert _policy_targets(policies) == sorted(
+        [
+            ("AWSSecretsManagerGetSecretValuePolicy", {"Ref": "ProviderTokensSecret"}),
+            ("SQSSendMessagePolicy", {"Fn::GetAtt": ["DeliveryDeadLetterQueue", "QueueName"]}),
+            ("DynamoDBCrudPolicy", {"Ref": "IdempotencyTable"}),
+            ("sqs:ChangeMessageVisibility", {"Fn::GetAtt": ["DeliveryQueue", "Arn"]}),
+        ],
+        key=repr,
+    )
+
+
+def test_delivery_function_and_its_event_source(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    fn = resources["DeliveryFunction"]
+    props = fn["Properties"]
+    assert (props["CodeUri"], props["Handler"]) == ("functions/delivery", "app.lambda_handler")
+    assert fn["Metadata"]["BuildMethod"] == "makefile"
+    assert "build-DeliveryFunction:" in (REPO_ROOT / "functions/delivery/Makefile").read_text()
+    assert props["Layers"] == [{"Ref": "RelayLayer"}]
+    (event,) = props["Events"].values()
+    assert event["Type"] == "SQS"
+    source = event["Properties"]
+    assert source["Queue"] == {"Fn::GetAtt": ["DeliveryQueue", "Arn"]}
+    assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert source["BatchSize"] == {"Ref": "DeliveryBatchSize"}
+    assert source["MaximumBatchingWindowInSeconds"] == {"Ref": "DeliveryBatchingWindowSeconds"}
+    assert source["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "DeliveryMaxConcurrency"}
+    env = environment(template, props)
+    assert env["DEAD_LETTER_QUEUE_URL"] == {"Ref": "DeliveryDeadLetterQueue"}
+    assert env["DELIVERY_QUEUE_URL"] == {"Ref": "DeliveryQueue"}
+    assert env["IDEMPOTENCY_TABLE"] == {"Ref": "IdempotencyTable"}
+    # The handler dead-letters on the same receive count the redrive policy uses.
+    redrive = resources["DeliveryQueue"]["Properties"]["RedrivePolicy"]
+    assert env["MAX_RECEIVE_COUNT"] == redrive["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
+
+
+def test_queues_are_encrypted_and_outlast_the_function(resources: dict[str, Any]) -> None:
+    queue = resources["DeliveryQueue"]["Properties"]
+    timeout = resources["DeliveryFunction"]["Properties"]["Timeout"]
+    assert queue["VisibilityTimeout"] >= 6 * timeout
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["DeliveryDeadLetterQueue", "Arn"]
+    }
+    for name in ("DeliveryQueue", "DeliveryDeadLetterQueue"):
+        assert resources[name]["Properties"]["SqsManagedSseEnabled"] is True
+        assert resources[name]["Properties"]["MessageRetentionPeriod"] > 0
+    dlq = resources["DeliveryDeadLetterQueue"]["Properties"]
+    assert dlq["MessageRetentionPeriod"] == 1209600
+
+
+def test_idempotency_table(resources: dict[str, Any]) -> None:
+    table = resources["IdempotencyTable"]["Properties"]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["AttributeDefinitions"] == [{"AttributeName": "id", "AttributeType": "S"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
 
 
 def test_no_api_gateway_authorizer(resources: dict[str, Any], function: dict[str, Any]) -> None:
@@ -230,7 +320,9 @@ def test_api_throttling_and_access_logs(resources: dict[str, Any]) -> None:
 
 def test_log_groups_have_retention(resources: dict[str, Any], function: dict[str, Any]) -> None:
     assert function["LoggingConfig"]["LogGroup"] == {"Ref": "WebhookFunctionLogGroup"}
-    for name in ("WebhookFunctionLogGroup", "HttpApiAccessLogGroup"):
+    delivery = resources["DeliveryFunction"]["Properties"]
+    assert delivery["LoggingConfig"]["LogGroup"] == {"Ref": "DeliveryFunctionLogGroup"}
+    for name in ("WebhookFunctionLogGroup", "DeliveryFunctionLogGroup", "HttpApiAccessLogGroup"):
         group = resources[name]
         assert group["Type"] == "AWS::Logs::LogGroup"
         assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionInDays"}
@@ -252,6 +344,12 @@ def test_outputs(template: dict[str, Any]) -> None:
         "ProviderTokensSecretArn",
         "RelayAuthSecretArn",
         "RelayLayerArn",
+        "DeliveryQueueUrl",
+        "DeliveryQueueName",
+        "DeliveryQueueArn",
+        "DeadLetterQueueUrl",
+        "DeliveryFunctionArn",
+        "IdempotencyTableName",
     }
     assert outputs["MessagesEndpoint"]["Value"]["Fn::Sub"].endswith("/v1/messages")
     assert outputs["ApiUrl"]["Value"]["Fn::Sub"].startswith("https://${HttpApi}.execute-api.")

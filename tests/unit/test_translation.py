@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from relay.config import Settings
 from relay.message import Message
 from relay.phone import mask
 from relay.providers import build_request, read_error, read_receipt
 
-SETTINGS = Settings.from_env({"PROVIDER_TOKENS_SECRET": "t", "RELAY_AUTH_SECRET": "a"})
+SETTINGS = Settings.from_env(
+    {"PROVIDER_TOKENS_SECRET": "t", "RELAY_AUTH_SECRET": "a", "IDEMPOTENCY_TABLE": "i"}
+)
 WS = "3f0c6a52-8a1e-4d5b-9c61-2b7e0f4d9a10"
 
 

@@ -26,6 +26,7 @@ class Settings:
 
     provider_tokens_secret: str
     auth_secret: str
+    idempotency_table: str
     lancepilot_api_url: str = "https://lancepilot.com/api/v3"
     fluents_api_url: str = "https://api.fluents.ai"
     default_provider: ProviderName | None = None
@@ -40,6 +41,15 @@ class Settings:
     backoff_max: float = 4.0
     max_connections: int = 10
     secrets_max_age: int = 300
+    # Idempotency: how long a delivered message's key is remembered.
+    idempotency_ttl: int = 24 * 3600
+    # The SQS side. The webhook needs only the delivery queue (for Prefer: respond-async).
+    delivery_queue_url: str | None = None
+    dead_letter_queue_url: str | None = None
+    max_receive_count: int = 5
+    provider_concurrency: int = 10
+    redelivery_base: float = 30.0
+    redelivery_max: float = 900.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -67,12 +77,14 @@ class Settings:
 
         tokens_secret = get("PROVIDER_TOKENS_SECRET")
         auth_secret = get("RELAY_AUTH_SECRET")
-        for name, value in (
-            ("PROVIDER_TOKENS_SECRET", tokens_secret),
-            ("RELAY_AUTH_SECRET", auth_secret),
+        table = get("IDEMPOTENCY_TABLE")
+        for name, value, what in (
+            ("PROVIDER_TOKENS_SECRET", tokens_secret, "a Secrets Manager secret id"),
+            ("RELAY_AUTH_SECRET", auth_secret, "a Secrets Manager secret id"),
+            ("IDEMPOTENCY_TABLE", table, "a DynamoDB table name"),
         ):
             if value is None:
-                problems.append(f"{name} is required (a Secrets Manager secret id)")
+                problems.append(f"{name} is required ({what})")
 
         default_provider = get("DEFAULT_PROVIDER")
         if default_provider is not None and default_provider not in PROVIDERS:
@@ -99,6 +111,7 @@ class Settings:
         settings = cls(
             provider_tokens_secret=tokens_secret or "",
             auth_secret=auth_secret or "",
+            idempotency_table=table or "",
             lancepilot_api_url=urls["LANCEPILOT_API_URL"],
             fluents_api_url=urls["FLUENTS_API_URL"],
             default_provider=default_provider,
@@ -112,6 +125,13 @@ class Settings:
             backoff_max=number("BACKOFF_MAX_SECONDS", cls.backoff_max),
             max_connections=int(number("MAX_PROVIDER_CONNECTIONS", cls.max_connections, int)),
             secrets_max_age=int(number("SECRETS_MAX_AGE_SECONDS", cls.secrets_max_age, int)),
+            idempotency_ttl=int(number("IDEMPOTENCY_TTL_SECONDS", cls.idempotency_ttl, int)),
+            delivery_queue_url=get("DELIVERY_QUEUE_URL"),
+            dead_letter_queue_url=get("DEAD_LETTER_QUEUE_URL"),
+            max_receive_count=int(number("MAX_RECEIVE_COUNT", cls.max_receive_count, int)),
+            provider_concurrency=int(number("PROVIDER_CONCURRENCY", cls.provider_concurrency, int)),
+            redelivery_base=number("REDELIVERY_BASE_SECONDS", cls.redelivery_base),
+            redelivery_max=number("REDELIVERY_MAX_SECONDS", cls.redelivery_max),
         )
         if problems:
             raise ConfigError("; ".join(problems))

@@ -14,6 +14,8 @@ from relay.providers import build_request, read_error, read_receipt
 from relay.transport import RETRY_STATUSES, SendFailed, SendUnconfirmed
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from relay.config import ProviderName, Settings
     from relay.message import Message
     from relay.secrets import Credentials
@@ -33,6 +35,11 @@ class Delivery:
     receipt: dict[str, Any] | None  # the provider's answer, when it sent a JSON object
     attempts: int
     latency_ms: float
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Delivery:
+        """A delivery as the idempotency store kept it (extra keys, like "replayed", ignored)."""
+        return cls(**{name: record[name] for name in cls.__dataclass_fields__})
 
 
 class Deliverer:

@@ -34,6 +34,12 @@ class HttpRequest:
     body: str
     base64_encoded: bool = False
 
+    def raw_body(self) -> bytes:
+        """The bytes the caller sent; call only after read_message accepted the request."""
+        body = _decode(self)
+        assert body is not None
+        return body
+
 
 def read_message(request: HttpRequest, credentials: Credentials, defaults: Defaults) -> Message:
     """Check and parse a POST /v1/messages request; raise the RelayError a caller should see."""
@@ -57,6 +63,12 @@ def _decode(request: HttpRequest) -> bytes | None:
             return None
     # A str from API Gateway is valid Unicode; lone surrogates fail later, as a 400.
     return request.body.encode("utf-8", "surrogatepass")
+
+
+def prefers_async(headers: Mapping[str, str]) -> bool:
+    """RFC 7240: ``Prefer: respond-async`` among the header's comma-separated preferences."""
+    preferences = headers.get("prefer", "").lower().split(",")
+    return any(p.split(";")[0].strip() == "respond-async" for p in preferences)
 
 
 def load_json(body: bytes | str) -> Any:

@@ -7,8 +7,12 @@ from dataclasses import dataclass
 
 from relay.config import Settings
 from relay.delivery import Deliverer
+from relay.idempotency import Idempotency
 from relay.message import Defaults
+from relay.queue_worker import QueueWorker
+from relay.queues import Queues
 from relay.secrets import Credentials, SecretsManagerStore
+from relay.service import MessageService
 from relay.transport import Transport
 
 # Time kept back from the Lambda's remaining time to shape and return the answer.
@@ -17,12 +21,14 @@ ANSWER_MARGIN_SECONDS = 1.5
 
 @dataclass(frozen=True)
 class Relay:
-    """Settings, secrets and the provider client, shared across invocations of one process."""
+    """Settings, secrets, AWS clients and the provider client, shared across invocations."""
 
     settings: Settings
     defaults: Defaults
     credentials: Credentials
     deliverer: Deliverer
+    queues: Queues
+    idempotency: Idempotency
 
     @classmethod
     def from_env(cls) -> Relay:
@@ -34,6 +40,18 @@ class Relay:
             defaults=Defaults.from_settings(settings),
             credentials=credentials,
             deliverer=Deliverer(settings, Transport(settings), credentials),
+            queues=Queues(settings.delivery_queue_url, settings.dead_letter_queue_url),
+            idempotency=Idempotency(settings.idempotency_table, settings.idempotency_ttl),
+        )
+
+    def service(self) -> MessageService:
+        """What the webhook does with accepted messages."""
+        return MessageService(self.deliverer, self.queues, self.idempotency)
+
+    def worker(self) -> QueueWorker:
+        """What the delivery function does with queued messages."""
+        return QueueWorker(
+            self.settings, self.defaults, self.deliverer, self.queues, self.idempotency
         )
 
     def deadline(self, remaining_ms: int) -> float:

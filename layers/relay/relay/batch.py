@@ -1,0 +1,65 @@
+"""One SQS batch: sends run concurrently, bounded per provider, and stop before the Lambda does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+from relay.config import PROVIDERS
+from relay.errors import RelayError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from concurrent.futures import Executor
+
+    from relay.config import Settings
+    from relay.queue_worker import Outcome, QueuedMessage, QueueWorker
+
+# Kept back from the Lambda's remaining time to report the batch's result.
+BATCH_MARGIN_SECONDS = 2.0
+
+
+class BatchRun:
+    """Record handler for one invocation (Powertools' AsyncBatchProcessor awaits it per record).
+
+    A slow provider holds only its own messages: each provider has its own limit on sends in
+    flight. A message whose send cannot finish before the Lambda's timeout is handed back
+    unsent rather than cut off mid-send.
+    """
+
+    def __init__(
+        self,
+        worker: QueueWorker,
+        settings: Settings,
+        executor: Executor,
+        remaining_ms: Callable[[], int],
+    ) -> None:
+        self._worker = worker
+        self._settings = settings
+        self._executor = executor
+        self._remaining_ms = remaining_ms
+        self._limits = {p: asyncio.Semaphore(settings.provider_concurrency) for p in PROVIDERS}
+
+    async def __call__(self, queued: QueuedMessage) -> Outcome:
+        message = self._worker.parse(queued)
+        limit = (
+            contextlib.nullcontext()
+            if isinstance(message, RelayError)
+            else self._limits[message.provider]
+        )
+        async with limit:
+            deadline = self._deadline()
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, self._worker.process, queued, message, deadline
+            )
+
+    def _deadline(self) -> float | None:
+        """When this send must end, or None if not even one whole attempt fits any more."""
+        s = self._settings
+        room = min(s.send_budget, self._remaining_ms() / 1000 - BATCH_MARGIN_SECONDS)
+        if room < min(s.send_budget, s.connect_timeout + s.read_timeout):
+            return None
+        return time.monotonic() + room

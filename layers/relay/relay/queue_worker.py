@@ -1,0 +1,220 @@
+"""The SQS side: deliver one queued message, or decide between redelivery and the dead letters.
+
+Every message ends in exactly one of: delivered (or recognised as already delivered), handed
+back for redelivery with a backoff, or parked in the dead-letter queue with its reason. A
+message is never dropped without a home: if parking it fails, it is handed back instead.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from relay.errors import (
+    InvalidMessage,
+    MalformedBody,
+    ProviderRejected,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RelayError,
+)
+from relay.idempotency import DELIVER, REPLAYED, request_for
+from relay.intake import load_json
+from relay.message import parse_message
+from relay.observability import logger
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef
+
+    from relay.config import Settings
+    from relay.delivery import Deliverer
+    from relay.idempotency import Idempotency
+    from relay.message import Defaults, Message
+    from relay.queues import Queues
+
+Outcome = Literal["delivered", "duplicate", "dead_lettered"]
+MAX_VISIBILITY = 12 * 3600  # SQS's ceiling
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """One SQS message as the relay needs it (adapted from the Lambda event by the handler)."""
+
+    message_id: str
+    receipt_handle: str
+    body: str
+    attributes: Mapping[str, MessageAttributeValueTypeDef]  # message attributes, boto3's shape
+    receive_count: int
+
+    def attribute(self, name: str) -> str | None:
+        """A string attribute's value, if the message has it and it is not blank."""
+        attribute = self.attributes.get(name)
+        value = attribute.get("StringValue") if attribute is not None else None
+        return (value.strip()[:255] or None) if isinstance(value, str) else None
+
+
+class Redeliver(Exception):
+    """Hand the message back to the queue; it comes back after ``delay`` seconds."""
+
+    def __init__(self, reason: str, delay: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
+class QueueWorker:
+    """Delivers queued messages; one per process, safe to call from several threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        defaults: Defaults,
+        deliverer: Deliverer,
+        queues: Queues,
+        idempotency: Idempotency,
+    ) -> None:
+        self._settings = settings
+        self._defaults = defaults
+        self._deliverer = deliverer
+        self._queues = queues
+        self._deliver_once = idempotency.once(self._deliver, DELIVER)
+
+    def parse(self, queued: QueuedMessage) -> Message | RelayError:
+        """The message in the body, or why it cannot be one."""
+        try:
+            return parse_message(load_json(queued.body), self._defaults)
+        except (MalformedBody, InvalidMessage) as error:
+            return error
+
+    def process(
+        self, queued: QueuedMessage, message: Message | RelayError, deadline: float | None
+    ) -> Outcome:
+        """Deliver, park or hand back one message; Redeliver (raised) has set its backoff.
+
+        ``deadline`` None means no time is left to send before the Lambda's own timeout.
+        """
+        logger.thread_safe_append_keys(correlation_id=queued.message_id)
+        try:
+            if deadline is None:
+                raise Redeliver("out_of_time", 0)
+            return self.handle(queued, message, deadline)
+        except Redeliver as redeliver:
+            self._delay(queued, redeliver)
+            raise
+        finally:
+            logger.thread_safe_clear_keys()
+
+    def _delay(self, queued: QueuedMessage, redeliver: Redeliver) -> None:
+        try:
+            self._queues.delay(queued.receipt_handle, redeliver.delay)
+        except Exception:
+            # The message still comes back, after the queue's visibility timeout.
+            logger.warning(
+                "could not set the redelivery backoff", extra={"reason": redeliver.reason}
+            )
+        logger.info(
+            "message handed back for redelivery",
+            extra={
+                "outcome": "retry",
+                "reason": redeliver.reason,
+                "delay_s": redeliver.delay,
+                "receive_count": queued.receive_count,
+            },
+        )
+
+    def handle(
+        self, queued: QueuedMessage, message: Message | RelayError, deadline: float
+    ) -> Outcome:
+        """Deliver ``message`` (from ``parse``) before ``deadline``; raise Redeliver to retry."""
+        relay_id = queued.attribute("RelayId") or queued.message_id
+        if isinstance(message, RelayError):
+            return self._park(queued, "invalid", None, _describe(message), relay_id)
+        key = message.idempotency_key or queued.attribute("IdempotencyKey") or relay_id
+        try:
+            result = self._deliver_once(
+                request=request_for(key, message),
+                message=message,
+                relay_id=relay_id,
+                deadline=deadline,
+            )
+        except InvalidMessage as error:  # the key was used before for another message
+            return self._park(queued, "invalid", None, _describe(error), relay_id, key)
+        except ProviderRejected as error:
+            detail = f"{error.message}: {_short(error.provider_error)}"
+            return self._park(queued, "permanent", error.provider_status, detail, relay_id, key)
+        except RelayError as error:
+            if isinstance(error, ProviderTimeout):
+                logger.warning("ambiguous send will be retried", extra={"relay_id": relay_id})
+            return self._retry_or_park(queued, error, relay_id, key)
+        return "duplicate" if result.get(REPLAYED) else "delivered"
+
+    def _deliver(
+        self, request: dict[str, Any], message: Message, relay_id: str, deadline: float
+    ) -> dict[str, Any]:
+        return asdict(self._deliverer.deliver(message, relay_id, deadline))
+
+    def _retry_or_park(
+        self, queued: QueuedMessage, error: RelayError, relay_id: str, key: str
+    ) -> Outcome:
+        if queued.receive_count >= self._settings.max_receive_count:
+            detail = f"gave up after {queued.receive_count} receives: {error.message}"
+            status = getattr(error, "provider_status", None)
+            return self._park(queued, "exhausted", status, detail, relay_id, key)
+        retry_after = error.retry_after if isinstance(error, ProviderUnavailable) else 0
+        raise Redeliver(error.reason, self.backoff(queued.receive_count, retry_after))
+
+    def backoff(self, receive_count: int, retry_after: int = 0) -> int:
+        """Seconds until the next receive: exponential by receive count, with equal jitter."""
+        s = self._settings
+        ceiling = min(s.redelivery_max, s.redelivery_base * 2 ** max(0, receive_count - 1))
+        delay = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter
+        return int(min(MAX_VISIBILITY, max(delay, retry_after)))
+
+    def _park(
+        self,
+        queued: QueuedMessage,
+        kind: str,
+        status: int | None,
+        detail: str,
+        relay_id: str,
+        key: str | None = None,
+    ) -> Outcome:
+        reason: dict[str, str | int | None] = {
+            "ErrorKind": kind,
+            "ErrorStatus": status,
+            "ErrorMessage": detail,
+            "RelayId": relay_id,
+            "IdempotencyKey": key,
+        }
+        try:
+            self._queues.dead_letter(queued.body, reason, queued.attributes)
+        except Exception:
+            # Never delete a message without a home: hand it back, it will come round again.
+            logger.exception("could not dead-letter; handing the message back")
+            raise Redeliver("dead_letter_failed", self.backoff(1)) from None
+        logger.warning(
+            "message dead-lettered",
+            extra={
+                "relay_id": relay_id,
+                "outcome": "dead_lettered",
+                "error_kind": kind,
+                "provider_status": status,
+                "receive_count": queued.receive_count,
+            },
+        )
+        return "dead_lettered"
+
+
+def _describe(error: RelayError) -> str:
+    errors = getattr(error, "errors", None)
+    if isinstance(errors, dict):
+        return "; ".join(f"{field}: {', '.join(problems)}" for field, problems in errors.items())
+    return error.message
+
+
+def _short(value: Any, limit: int = 512) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -1,0 +1,80 @@
+"""The delivery queue and its dead-letter queue (SQS)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from relay.errors import DependencyUnavailable
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef
+
+MAX_ATTRIBUTES = 10  # SQS's limit per message
+MAX_ERROR_MESSAGE = 1024
+
+
+class Queues:
+    """Sends to the delivery queue and the dead-letter queue; changes a message's visibility."""
+
+    def __init__(self, delivery_url: str | None, dead_letter_url: str | None) -> None:
+        self.delivery_url = delivery_url
+        self.dead_letter_url = dead_letter_url
+        self._sqs = boto3.client(
+            "sqs", config=Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard"})
+        )
+
+    def enqueue(self, body: str, attributes: Mapping[str, str]) -> str:
+        """Put a message on the delivery queue; its SQS message id."""
+        assert self.delivery_url is not None
+        try:
+            sent = self._sqs.send_message(
+                QueueUrl=self.delivery_url,
+                MessageBody=body,
+                MessageAttributes={k: _string(v) for k, v in attributes.items()},
+            )
+        except (BotoCoreError, ClientError):
+            raise DependencyUnavailable("the delivery queue is unavailable; retry later") from None
+        return sent["MessageId"]
+
+    def dead_letter(
+        self,
+        body: str,
+        reason: Mapping[str, str | int | None],
+        original: Mapping[str, MessageAttributeValueTypeDef],
+    ) -> None:
+        """Park a message with its reason: the body unchanged, the reason as attributes.
+
+        The original attributes (RelayId, IdempotencyKey, a producer's own) come along so that
+        a redrive is recognised by idempotency; the reason's attributes take precedence when
+        SQS's ten-attribute limit forces a choice. Raises if the send fails.
+        """
+        assert self.dead_letter_url is not None
+        attributes: dict[str, MessageAttributeValueTypeDef] = {}
+        for name, given in reason.items():
+            if isinstance(given, int):
+                attributes[name] = {"DataType": "Number", "StringValue": str(given)}
+            elif given:
+                attributes[name] = _string(given[:MAX_ERROR_MESSAGE])
+        for name, kept in original.items():
+            if name not in attributes and len(attributes) < MAX_ATTRIBUTES:
+                attributes[name] = kept
+        self._sqs.send_message(
+            QueueUrl=self.dead_letter_url, MessageBody=body, MessageAttributes=attributes
+        )
+
+    def delay(self, receipt_handle: str, seconds: int) -> None:
+        """Make a received message visible again after ``seconds`` (the redelivery backoff)."""
+        assert self.delivery_url is not None
+        self._sqs.change_message_visibility(
+            QueueUrl=self.delivery_url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
+        )
+
+
+def _string(value: str) -> Any:
+    return {"DataType": "String", "StringValue": value}
