@@ -114,28 +114,32 @@ class EventSourceMapping:
             self._arn = self.sqs.get_queue_attributes(
                 QueueUrl=self.queue_url, AttributeNames=["QueueArn"]
             )["Attributes"]["QueueArn"]
-        arn = self._arn
-        attributes: dict[str, Any] = {}
-        for name, value in message.get("MessageAttributes", {}).items():
-            attribute: dict[str, Any] = {
-                "dataType": value["DataType"],
-                "stringListValues": [],
-                "binaryListValues": [],
-            }
-            if "StringValue" in value:
-                attribute["stringValue"] = value["StringValue"]
-            if "BinaryValue" in value:
-                attribute["binaryValue"] = base64.b64encode(value["BinaryValue"]).decode()
-            attributes[name] = attribute
-        body = message.get("Body", "")
-        return {
-            "messageId": message["MessageId"],
-            "receiptHandle": message["ReceiptHandle"],
-            "body": body,
-            "attributes": dict(message.get("Attributes", {})),
-            "messageAttributes": attributes,
-            "md5OfBody": hashlib.md5(body.encode(), usedforsecurity=False).hexdigest(),
-            "eventSource": "aws:sqs",
-            "eventSourceARN": arn,
-            "awsRegion": arn.split(":")[3],
+        return event_record(message, self._arn)
+
+
+def event_record(message: MessageTypeDef, queue_arn: str) -> dict[str, Any]:
+    """A received SQS message as a Lambda SQS event record."""
+    attributes: dict[str, Any] = {}
+    for name, value in message.get("MessageAttributes", {}).items():
+        attribute: dict[str, Any] = {
+            "dataType": value["DataType"],
+            "stringListValues": [],
+            "binaryListValues": [],
         }
+        if "StringValue" in value:
+            attribute["stringValue"] = value["StringValue"]
+        if "BinaryValue" in value:
+            attribute["binaryValue"] = base64.b64encode(value["BinaryValue"]).decode()
+        attributes[name] = attribute
+    body = message.get("Body", "")
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": body,
+        "attributes": dict(message.get("Attributes", {})),
+        "messageAttributes": attributes,
+        "md5OfBody": hashlib.md5(body.encode(), usedforsecurity=False).hexdigest(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": queue_arn.split(":")[3],
+    }

@@ -547,7 +547,15 @@ class _Handler(BaseHTTPRequestHandler):
         sandbox._record(replace(seen, answered=verdict.answer.status))
         self._send(verdict.answer)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+    def _serve_counted(self) -> None:
+        sandbox = self.server.sandbox
+        sandbox._flight(+1)
+        try:
+            self._serve()
+        finally:
+            sandbox._flight(-1)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve_counted
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -633,6 +641,8 @@ class ProviderSandbox:
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._in_flight = 0
+        self.peak_in_flight = 0  # most requests being answered at once since the last reset
 
     @property
     def base_url(self) -> str:
@@ -707,11 +717,12 @@ class ProviderSandbox:
         return [violation for r in self.received for violation in r.violations]
 
     def reset(self) -> None:
-        """Forget received requests, queued faults and the default fault."""
+        """Forget received requests, queued faults, the default fault and the peak in flight."""
         with self._lock:
             self._received.clear()
             self._queue.clear()
             self._default = None
+            self.peak_in_flight = self._in_flight
 
     # --- used by the handler ---
 
@@ -724,6 +735,11 @@ class ProviderSandbox:
             self._received.append(received)
         if self.on_request is not None:
             self.on_request(received)
+
+    def _flight(self, change: int) -> None:
+        with self._lock:
+            self._in_flight += change
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
 
     def _pause(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True when the sandbox is stopping meanwhile."""

@@ -98,3 +98,39 @@ def test_outcome_line_carries_correlation_relay_id_masked_number_and_latency(
         outcome["correlation_id"]
         == (load_event("http_post_lancepilot.json")["requestContext"]["requestId"])
     )
+
+
+def test_the_delivery_path_logs_outcomes_per_message_without_leaks(
+    delivery, aws, lancepilot, fluents, logs
+):
+    lancepilot.set_default(Fault.status(503))
+    fluents.enqueue(
+        Fault.status(400, {"message": "bad", "error": "Bad Request", "statusCode": 400})
+    )
+    ids = [
+        aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=json.dumps(body))["MessageId"]
+        for body in (
+            lancepilot_message(),
+            fluents_message(),
+            fluents_message(text="Grüße"),
+            {"to": "+14155550123", "text": "Your order"},
+        )
+    ]
+
+    delivery.poll_once()
+
+    out = logs.getvalue()
+    for secret in SENSITIVE:
+        assert secret not in out, f"{secret!r} leaked into the logs"
+    lines = [json.loads(line) for line in out.splitlines()]
+    outcomes = [
+        (line["correlation_id"], line["outcome"])
+        for line in lines
+        if line.get("outcome") in ("delivered", "dead_lettered", "retry")
+    ]
+    # One outcome per message, under its own message id. Which Fluents message got the 400
+    # depends on which arrived first: they are sent concurrently.
+    assert sorted(cid for cid, _ in outcomes) == sorted(ids)
+    assert dict(outcomes)[ids[0]] == "retry"
+    assert dict(outcomes)[ids[3]] == "dead_lettered"
+    assert {dict(outcomes)[ids[1]], dict(outcomes)[ids[2]]} == {"delivered", "dead_lettered"}

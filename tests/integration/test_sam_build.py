@@ -115,8 +115,9 @@ def test_wheel_tags(site: Path) -> None:
         assert all(p == "any" or "aarch64" in p for p in platforms), (wheel, tags)
 
 
-def test_function_contents(build_dir: Path) -> None:
-    function = build_dir / "WebhookFunction"
+@pytest.mark.parametrize("name", ["WebhookFunction", "DeliveryFunction"])
+def test_function_contents(build_dir: Path, name: str) -> None:
+    function = build_dir / name
     assert (function / "app.py").is_file()
     assert not (function / "Makefile").exists()
 
@@ -125,3 +126,4 @@ def test_built_template_points_at_artifacts(build_dir: Path) -> None:
     text = (build_dir / "template.yaml").read_text()
     assert "ContentUri: RelayLayer" in text
     assert "CodeUri: WebhookFunction" in text
+    assert "CodeUri: DeliveryFunction" in text

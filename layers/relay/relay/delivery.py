@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from relay.secrets import Credentials
     from relay.transport import Reply, Transport
 
-DEFAULT_RETRY_AFTER = 10
 MAX_RETRY_AFTER = 3600
 
 
@@ -81,7 +80,7 @@ class Deliverer:
             error = ProviderTimeout(message.provider, exc.detail)
             self._fail(error, relay_id, started, exc.attempts, context)
         except SendFailed as exc:
-            error = ProviderUnavailable(message.provider, exc.detail, None, DEFAULT_RETRY_AFTER)
+            error = ProviderUnavailable(message.provider, exc.detail, None, None)
             self._fail(error, relay_id, started, exc.attempts, context)
 
     def _settle(
@@ -134,8 +133,8 @@ class Deliverer:
         raise error
 
 
-def _retry_after(reply: Reply) -> int:
-    """The provider's Retry-After in whole seconds, bounded; a default when it gave none."""
+def _retry_after(reply: Reply) -> int | None:
+    """The provider's Retry-After in whole seconds, bounded; None when it gave none."""
     if reply.retry_after is None:
-        return DEFAULT_RETRY_AFTER
+        return None
     return min(MAX_RETRY_AFTER, max(1, math.ceil(reply.retry_after)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 FailureKind = Literal["invalid", "permanent", "transient", "ambiguous", "internal"]
+DEFAULT_RETRY_AFTER = 10  # seconds, when a provider is unavailable and did not say for how long
 
 
 class RelayError(Exception):
@@ -99,23 +100,28 @@ class ProviderUnavailable(RelayError):
     status, kind, reason = 503, "transient", "unavailable"
 
     def __init__(
-        self, provider: str, detail: str, provider_status: int | None, retry_after: int
+        self, provider: str, detail: str, provider_status: int | None, retry_after: int | None
     ) -> None:
         super().__init__(f"{provider} is unavailable: {detail}")
         self.provider = provider
         self.provider_status = provider_status
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # the provider's own, when it gave one
+
+    @property
+    def advised_wait(self) -> int:
+        """What the caller is told to wait: the provider's Retry-After, else a default."""
+        return self.retry_after or DEFAULT_RETRY_AFTER
 
     def body(self) -> dict[str, Any]:
         return {
             "message": self.message,
             "provider": self.provider,
             "provider_status": self.provider_status,
-            "retry_after": self.retry_after,
+            "retry_after": self.advised_wait,
         }
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
+        return {"Retry-After": str(self.advised_wait)}
 
 
 class ProviderTimeout(RelayError):

@@ -19,13 +19,14 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
-from botocore.config import Config
 
 from relay.errors import DependencyUnavailable, InvalidMessage, RelayError
+from relay.secrets import FAST_FAIL
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    import boto3
     from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -49,12 +50,9 @@ class InProgress(RelayError):
 class Idempotency:
     """The idempotency store and its settings; ``once`` makes a function run once per key."""
 
-    def __init__(self, table: str, ttl_seconds: int) -> None:
+    def __init__(self, session: boto3.session.Session, table: str, ttl_seconds: int) -> None:
         self.store = DynamoDBPersistenceLayer(
-            table_name=table,
-            boto_config=Config(
-                connect_timeout=2, read_timeout=3, retries={"total_max_attempts": 2}
-            ),
+            table_name=table, boto3_client=session.client("dynamodb", config=FAST_FAIL)
         )
         self.config = IdempotencyConfig(
             event_key_jmespath="key",

@@ -7,6 +7,7 @@ message is never dropped without a home: if parking it fails, it is handed back 
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -163,15 +164,16 @@ class QueueWorker:
             detail = f"gave up after {queued.receive_count} receives: {error.message}"
             status = getattr(error, "provider_status", None)
             return self._park(queued, "exhausted", status, detail, relay_id, key)
-        retry_after = error.retry_after if isinstance(error, ProviderUnavailable) else 0
-        raise Redeliver(error.reason, self.backoff(queued.receive_count, retry_after))
+        retry_after = error.retry_after if isinstance(error, ProviderUnavailable) else None
+        raise Redeliver(error.reason, self.backoff(queued.receive_count, retry_after or 0))
 
     def backoff(self, receive_count: int, retry_after: int = 0) -> int:
         """Seconds until the next receive: exponential by receive count, with equal jitter."""
         s = self._settings
         ceiling = min(s.redelivery_max, s.redelivery_base * 2 ** max(0, receive_count - 1))
         delay = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter
-        return int(min(MAX_VISIBILITY, max(delay, retry_after)))
+        wait: float = min(MAX_VISIBILITY, max(delay, retry_after))
+        return math.ceil(wait)
 
     def _park(
         self,

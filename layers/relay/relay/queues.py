@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -13,6 +12,7 @@ from relay.errors import DependencyUnavailable
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    import boto3
     from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef
 
 MAX_ATTRIBUTES = 10  # SQS's limit per message
@@ -22,10 +22,12 @@ MAX_ERROR_MESSAGE = 1024
 class Queues:
     """Sends to the delivery queue and the dead-letter queue; changes a message's visibility."""
 
-    def __init__(self, delivery_url: str | None, dead_letter_url: str | None) -> None:
+    def __init__(
+        self, session: boto3.session.Session, delivery_url: str | None, dead_letter_url: str | None
+    ) -> None:
         self.delivery_url = delivery_url
         self.dead_letter_url = dead_letter_url
-        self._sqs = boto3.client(
+        self._sqs = session.client(
             "sqs", config=Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard"})
         )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import boto3
+
 from relay.config import Settings
 from relay.delivery import Deliverer
 from relay.idempotency import Idempotency
@@ -34,14 +36,20 @@ class Relay:
     def from_env(cls) -> Relay:
         """Build from the environment; ConfigError here fails the Lambda init, loudly."""
         settings = Settings.from_env()
-        credentials = Credentials(SecretsManagerStore(settings.secrets_max_age), settings)
+        # One session for every client: they share its loaded service models (cold start).
+        if boto3.DEFAULT_SESSION is None:
+            boto3.setup_default_session()
+        session = boto3.DEFAULT_SESSION
+        assert session is not None
+        store = SecretsManagerStore(session, settings.secrets_max_age)
+        credentials = Credentials(store, settings)
         return cls(
             settings=settings,
             defaults=Defaults.from_settings(settings),
             credentials=credentials,
             deliverer=Deliverer(settings, Transport(settings), credentials),
-            queues=Queues(settings.delivery_queue_url, settings.dead_letter_queue_url),
-            idempotency=Idempotency(settings.idempotency_table, settings.idempotency_ttl),
+            queues=Queues(session, settings.delivery_queue_url, settings.dead_letter_queue_url),
+            idempotency=Idempotency(session, settings.idempotency_table, settings.idempotency_ttl),
         )
 
     def service(self) -> MessageService:

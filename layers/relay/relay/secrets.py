@@ -15,7 +15,13 @@ from relay.auth import AuthKeys
 from relay.errors import DependencyUnavailable, Misconfigured
 
 if TYPE_CHECKING:
+    import boto3
+
     from relay.config import ProviderName, Settings
+
+
+# Bounded calls for the request path: a hiccup becomes a quick 503, not a Lambda timeout.
+FAST_FAIL = Config(connect_timeout=2, read_timeout=3, retries={"total_max_attempts": 2})
 
 
 class SecretStore(Protocol):
@@ -31,11 +37,10 @@ class SecretsManagerStore:
     cold cache; these bounds keep a Secrets Manager hiccup a quick 503 instead.
     """
 
-    def __init__(self, max_age: int) -> None:
+    def __init__(self, session: boto3.session.Session, max_age: int) -> None:
         self._max_age = max_age
-        self._provider = parameters.SecretsProvider(
-            boto_config=Config(connect_timeout=2, read_timeout=3, retries={"total_max_attempts": 2})
-        )
+        client = session.client("secretsmanager", config=FAST_FAIL)
+        self._provider = parameters.SecretsProvider(boto3_client=client)
 
     def get_json(self, secret_id: str) -> Any:
         try:

@@ -1,0 +1,176 @@
+"""Send once over HTTP: idempotent replays, key conflicts, and the async (queued) webhook."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from relay_local.sandbox import Fault
+from tests.conftest import bearer, fluents_message, lancepilot_message
+
+
+def queued(aws) -> list[dict]:
+    return aws.sqs.receive_message(
+        QueueUrl=aws.queue_url,
+        MaxNumberOfMessages=10,
+        MessageAttributeNames=["All"],
+        VisibilityTimeout=0,
+    ).get("Messages", [])
+
+
+ASYNC = {**bearer(), "prefer": "respond-async"}
+
+
+# --- synchronous --------------------------------------------------------------------------------
+
+
+def test_a_repeated_request_gets_the_original_answer_without_a_second_send(webhook, lancepilot):
+    body = lancepilot_message(idempotency_key="order-1042-shipped")
+
+    first = webhook.post(body, headers=bearer())
+    again = webhook.post(body, headers=bearer())
+
+    assert (first.status, again.status) == (201, 201)
+    assert again.json["id"] == first.json["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert len(lancepilot.received) == 1
+
+
+def test_the_idempotency_key_header_and_webhook_id_are_keys_too(webhook, fluents):
+    for headers in ({**bearer(), "idempotency-key": "k-9"}, {**bearer(), "webhook-id": "msg_9"}):
+        first = webhook.post(fluents_message(), headers=headers)
+        again = webhook.post(fluents_message(), headers=headers)
+        assert again.json["id"] == first.json["id"]
+    assert len(fluents.received) == 2
+
+
+def test_without_a_key_each_request_is_a_new_message(webhook, fluents):
+    webhook.post(fluents_message(), headers=bearer())
+    webhook.post(fluents_message(), headers=bearer())
+
+    assert len(fluents.received) == 2
+
+
+def test_the_same_key_with_another_message_is_422(webhook, lancepilot):
+    webhook.post(lancepilot_message(idempotency_key="k-1"), headers=bearer())
+
+    answer = webhook.post(lancepilot_message(idempotency_key="k-1", text="other"), headers=bearer())
+
+    assert answer.status == 422
+    assert list(answer.json["errors"]) == ["idempotency_key"]
+    assert len(lancepilot.received) == 1
+
+
+def test_a_request_still_in_progress_gets_409(webhook, aws, lancepilot):
+    lancepilot.enqueue(Fault.slow(0.4))  # under the 0.5 s read timeout of the tests
+    body = lancepilot_message(idempotency_key="k-slow")
+    answers = {}
+    first = threading.Thread(
+        target=lambda: answers.update(first=webhook.post(body, headers=bearer()))
+    )
+    first.start()
+    while not aws.dynamodb.scan(TableName=aws.table)["Items"]:  # the first holds the key
+        threading.Event().wait(0.01)
+
+    answers["second"] = webhook.post(body, headers=bearer())
+    first.join()
+
+    assert answers["first"].status == 201
+    assert answers["second"].status == 409
+    assert len(lancepilot.received) == 1
+
+
+def test_failures_are_not_remembered_so_a_retry_can_succeed(webhook, lancepilot):
+    body = lancepilot_message(idempotency_key="k-retry")
+    lancepilot.set_default(Fault.status(503))
+    assert webhook.post(body, headers=bearer()).status == 503
+    lancepilot.set_default(None)
+
+    answer = webhook.post(body, headers=bearer())
+
+    assert answer.status == 201
+    assert "idempotent-replayed" not in answer.headers
+
+
+def test_a_key_delivered_over_http_is_not_sent_again_from_the_queue(
+    webhook, delivery, aws, lancepilot
+):
+    body = lancepilot_message(idempotency_key="shared-key")
+    webhook.post(body, headers=bearer())
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=json.dumps(body))
+
+    delivery.poll_once()
+
+    assert len(lancepilot.received) == 1
+
+
+# --- asynchronous ----------------------------------------------------------------------------
+
+
+def test_respond_async_queues_the_message_unchanged_and_answers_202(webhook, aws, lancepilot):
+    raw = json.dumps(lancepilot_message()).encode()
+
+    answer = webhook.post(raw=raw, headers=ASYNC)
+
+    assert answer.status == 202
+    assert answer.json == {"id": answer.json["id"], "status": "queued"}
+    assert answer.headers["preference-applied"] == "respond-async"
+    [message] = queued(aws)
+    assert message["Body"] == raw.decode()
+    assert message["MessageAttributes"]["RelayId"]["StringValue"] == answer.json["id"]
+    assert lancepilot.received == []
+
+
+def test_a_queued_message_is_delivered_by_the_delivery_function(webhook, delivery, lancepilot):
+    answer = webhook.post(lancepilot_message(), headers=ASYNC)
+
+    delivery.drain()
+
+    [sent] = lancepilot.accepted()
+    assert sent.json == {"text": {"body": "Your order 1042 has shipped."}}
+    assert answer.status == 202
+
+
+def test_async_requests_are_checked_like_sync_ones(webhook, aws):
+    assert webhook.post(lancepilot_message(), headers={"prefer": "respond-async"}).status == 401
+    assert webhook.post(lancepilot_message(colour="red"), headers=ASYNC).status == 422
+    assert webhook.post(raw=b"{nope", headers=ASYNC).status == 400
+    assert queued(aws) == []
+
+
+def test_a_repeated_async_request_is_queued_once(webhook, aws):
+    headers = {**ASYNC, "idempotency-key": "async-1"}
+
+    first = webhook.post(lancepilot_message(), headers=headers)
+    again = webhook.post(lancepilot_message(), headers=headers)
+
+    assert (first.status, again.status) == (202, 202)
+    assert again.json["id"] == first.json["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    [message] = queued(aws)
+    assert message["MessageAttributes"]["IdempotencyKey"]["StringValue"] == "async-1"
+
+
+def test_queue_unavailable_is_503_and_nothing_is_claimed(webhook, aws, monkeypatch):
+    aws.sqs.delete_queue(QueueUrl=aws.queue_url)
+
+    answer = webhook.post(lancepilot_message(), headers=ASYNC)
+
+    assert answer.status == 503
+    assert "retry-after" in answer.headers
+
+
+def test_characters_sqs_refuses_are_escaped_not_lost(webhook, delivery, aws, lancepilot):
+    raw = json.dumps(lancepilot_message(text="odd \ufffe char"), ensure_ascii=False).encode()
+
+    assert webhook.post(raw=raw, headers=ASYNC).status == 202
+    delivery.drain()
+
+    assert lancepilot.accepted()[0].json == {"text": {"body": "odd \ufffe char"}}
+
+
+def test_other_preferences_do_not_make_it_async(webhook, lancepilot):
+    answer = webhook.post(lancepilot_message(), headers={**bearer(), "prefer": "return=minimal"})
+
+    assert answer.status == 201
