@@ -10,26 +10,30 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-from relay_local.stack import DEV_API_KEY, DEV_SIGNING_SECRET, DevStack
+from relay_local.stack import DEFAULT_MOTO_PORT, DEV_API_KEY, DEV_SIGNING_SECRET, DevStack
 
 if TYPE_CHECKING:
     from relay_local.sandbox import Received
+
+SEND_EXAMPLE = '{"provider": "lancepilot", "to": "+14155550123", "text": "Hi"}'
 
 
 def show(received: Received) -> None:
     """Print what a sandbox provider received, the way a provider's request log would."""
     verdict = "ok" if not received.violations else "; ".join(received.violations)
     body = json.dumps(received.json, ensure_ascii=False) if received.json is not None else "-"
-    print(
-        f"  sandbox <- {received.method} {received.path}  {body}  [{received.answered}] {verdict}",
-        flush=True,
+    line = (
+        f"  sandbox <- {received.method} {received.path}  {body}  [{received.answered}] {verdict}"
     )
+    print(line, flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m relay_local", description=__doc__)
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
-    parser.add_argument("--moto-port", type=int, default=int(os.environ.get("MOTO_PORT", "4566")))
+    parser.add_argument(
+        "--moto-port", type=int, default=int(os.environ.get("MOTO_PORT", DEFAULT_MOTO_PORT))
+    )
     parser.add_argument(
         "--sandbox-ports",
         type=int,
@@ -45,28 +49,32 @@ def main() -> None:
         sandbox_ports=tuple(args.sandbox_ports),
         on_provider_request=show,
     ).start()
+    env = stack.env
     providers = {
-        name: stack.env[f"{name.upper()}_API_URL"]
-        + ("  (sandbox)" if name in stack.sandboxes else "")
+        name: env[f"{name.upper()}_API_URL"] + ("  (sandbox)" if name in stack.sandboxes else "")
         for name in ("lancepilot", "fluents")
     }
     print(
         f"""
 webhook-relay is running locally
-  relay        POST {stack.url}/v1/messages
-  AWS (moto)   {os.environ["AWS_ENDPOINT_URL"]}   secrets seeded with development values
-  lancepilot   {providers["lancepilot"]}
-  fluents      {providers["fluents"]}
+  relay         POST {stack.url}/v1/messages
+  AWS (moto)    {os.environ["AWS_ENDPOINT_URL"]}   secrets, queues, table: local values
+  queue         {env["DELIVERY_QUEUE_URL"]}   (the delivery function polls it)
+  dead letters  {env["DEAD_LETTER_QUEUE_URL"]}
+  lancepilot    {providers["lancepilot"]}
+  fluents       {providers["fluents"]}
 
   API key          {DEV_API_KEY}
   signing secret   {DEV_SIGNING_SECRET}
-  workspace        {stack.env["LANCEPILOT_WORKSPACE_ID"]}   (LANCEPILOT_WORKSPACE_ID)
-  from number      {stack.env["FLUENTS_FROM_NUMBER"]}   (FLUENTS_FROM_NUMBER)
+  workspace        {env["LANCEPILOT_WORKSPACE_ID"]}   (LANCEPILOT_WORKSPACE_ID)
+  from number      {env["FLUENTS_FROM_NUMBER"]}   (FLUENTS_FROM_NUMBER)
 
-Try:
-  curl -s {stack.url}/v1/messages -H 'Authorization: Bearer {DEV_API_KEY}' \\
-    -H 'Content-Type: application/json' \\
+Send now:
+  curl -s {stack.url}/v1/messages -H 'Authorization: Bearer {DEV_API_KEY}' \\\\
+    -H 'Content-Type: application/json' \\\\
     -d '{{"provider": "fluents", "to": "+14155550123", "text": "Hello from webhook-relay"}}'
+Queue it instead: add -H 'Prefer: respond-async'. Or put it on the queue as a producer would:
+  .venv/bin/python -m relay_local.send '{SEND_EXAMPLE}'
 
 Logs of the relay follow (JSON); sandbox lines show what a provider received. Ctrl-C stops.
 """,

@@ -27,6 +27,8 @@ DEV_SIGNING_SECRET = "whsec_" + base64.b64encode(b"local-dev-signing-secret-32by
 DEV_TOKENS = {"lancepilot": "local-lancepilot-token", "fluents": "local-fluents-token"}
 DEV_WORKSPACE = "3f0c6a52-8a1e-4d5b-9c61-2b7e0f4d9a10"
 DEV_FROM_NUMBER = "+12025550143"
+DEFAULT_MOTO_PORT = 4566
+LOCAL_PREFIX = "webhook-relay-local"
 
 
 @dataclass
@@ -35,7 +37,7 @@ class DevStack:
 
     host: str = "127.0.0.1"
     port: int = 3000
-    moto_port: int = 4566
+    moto_port: int = DEFAULT_MOTO_PORT
     sandbox_ports: tuple[int, int] = (3001, 3002)
     on_provider_request: Callable[[Received], None] | None = None
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -83,7 +85,7 @@ class DevStack:
             urls[provider] = sandbox.base_url
 
         auth = {"api_keys": [DEV_API_KEY], "signing_secrets": [DEV_SIGNING_SECRET]}
-        made = resources.create(tokens, auth, prefix="webhook-relay-local")
+        made = resources.create(tokens, auth, prefix=LOCAL_PREFIX)
         self.aws_resources = made
         self.env = {
             "PROVIDER_TOKENS_SECRET": made.tokens_secret,

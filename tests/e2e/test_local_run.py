@@ -28,8 +28,9 @@ def free_port() -> int:
 
 
 class Running:
-    def __init__(self, url: str, lines: queue.Queue[str]) -> None:
+    def __init__(self, url: str, lines: queue.Queue[str], moto_port: int) -> None:
         self.url = url
+        self.moto_port = moto_port
         self.lines = lines
         self.http = urllib3.PoolManager(retries=False, timeout=10)
 
@@ -92,7 +93,7 @@ def local_relay():
                 process.kill()
                 raise AssertionError(f"make run's relay did not start:\n{output}") from None
             time.sleep(0.1)
-    yield Running(url, lines)
+    yield Running(url, lines, ports["MOTO_PORT"])
     process.terminate()
     process.wait(timeout=10)
 
@@ -142,3 +143,45 @@ def test_refusals_come_back_over_http(local_relay):
     assert set(invalid.json()["errors"]) == {"provider", "to", "text"}
     other = local_relay.http.request("GET", f"{local_relay.url}/v1/messages")
     assert other.status == 404
+
+
+def test_a_queued_message_is_delivered_by_the_local_delivery_function(local_relay):
+    local_relay.drain()
+    body = b'{"provider": "fluents", "to": "+14155550123", "text": "Queued hello"}'
+
+    answer = local_relay.post(
+        body,
+        {
+            "Authorization": f"Bearer {DEV_API_KEY}",
+            "Content-Type": "application/json",
+            "Prefer": "respond-async",
+        },
+    )
+
+    assert answer.status == 202, answer.data
+    assert answer.json()["status"] == "queued"
+    line = local_relay.sandbox_line(timeout=10)  # the poller picks it up and delivers it
+    assert '"message": "Queued hello"' in line
+    assert line.rstrip().endswith("[201] ok")
+
+
+def test_a_producer_message_on_the_queue_is_delivered(local_relay):
+    local_relay.drain()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relay_local.send",
+            "--moto-port",
+            str(local_relay.moto_port),
+            '{"provider": "lancepilot", "to": "+14155550123", "text": "From a producer"}',
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+
+    assert result.stdout.startswith("queued ")
+    assert '{"text": {"body": "From a producer"}}' in local_relay.sandbox_line(timeout=10)

@@ -168,12 +168,8 @@ class QueueWorker:
         raise Redeliver(error.reason, self.backoff(queued.receive_count, retry_after or 0))
 
     def backoff(self, receive_count: int, retry_after: int = 0) -> int:
-        """Seconds until the next receive: exponential by receive count, with equal jitter."""
         s = self._settings
-        ceiling = min(s.redelivery_max, s.redelivery_base * 2 ** max(0, receive_count - 1))
-        delay = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter
-        wait: float = min(MAX_VISIBILITY, max(delay, retry_after))
-        return math.ceil(wait)
+        return redelivery_delay(receive_count, retry_after, s.redelivery_base, s.redelivery_max)
 
     def _park(
         self,
@@ -208,6 +204,15 @@ class QueueWorker:
             },
         )
         return "dead_lettered"
+
+
+def redelivery_delay(receive_count: int, retry_after: int, base: float, cap: float) -> int:
+    """Seconds until the next receive: exponential by receive count with equal jitter, at least
+    the provider's Retry-After, at most SQS's 12 hours."""
+    ceiling = min(cap, base * 2 ** max(0, receive_count - 1))
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter
+    wait: float = min(MAX_VISIBILITY, max(delay, retry_after))
+    return math.ceil(wait)
 
 
 def _describe(error: RelayError) -> str:
