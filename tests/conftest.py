@@ -86,6 +86,7 @@ class Aws:
     queue_url: str
     dlq_url: str
     table: str
+    max_receive_count: int
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ def aws() -> Any:
             "api_keys": [API_KEY, SECOND_API_KEY],
             "signing_secrets": [SIGNING_SECRET, SECOND_SIGNING_SECRET],
         }
-        made = resources.create(TOKENS, auth)
+        made = resources.create(TOKENS, auth, max_receive_count=3)
         assert (made.tokens_secret, made.auth_secret) == (TOKENS_SECRET, AUTH_SECRET)
         yield Aws(
             secrets=boto3.client("secretsmanager"),
@@ -106,6 +107,7 @@ def aws() -> Any:
             queue_url=made.queue_url,
             dlq_url=made.dlq_url,
             table=made.table,
+            max_receive_count=made.max_receive_count,
         )
     parameters.clear_caches()
 
@@ -134,7 +136,7 @@ def relay_env(
         "IDEMPOTENCY_TABLE": aws.table,
         "DELIVERY_QUEUE_URL": aws.queue_url,
         "DEAD_LETTER_QUEUE_URL": aws.dlq_url,
-        "MAX_RECEIVE_COUNT": "3",
+        "MAX_RECEIVE_COUNT": str(aws.max_receive_count),
         "REDELIVERY_BASE_SECONDS": "1",
         "REDELIVERY_MAX_SECONDS": "4",
     }
@@ -201,6 +203,40 @@ def logs() -> Any:
         yield buffer
     finally:
         logger.registered_handler.setStream(previous)
+
+
+@pytest.fixture
+def failing_aws_call() -> Any:
+    """Make the next AWS call of a kind fail, at botocore's boundary, for clients created after.
+
+    ``failing_aws_call("dynamodb.UpdateItem")`` fails the next UpdateItem once, as a DynamoDB
+    hiccup would.
+    """
+    from botocore.exceptions import ClientError
+
+    if boto3.DEFAULT_SESSION is None:
+        boto3.setup_default_session()
+    session = boto3.DEFAULT_SESSION
+    registered = []
+
+    def arm(operation: str, times: int = 1) -> None:
+        left = [times]
+
+        def fail(**_: Any) -> None:
+            if left[0] > 0:
+                left[0] -= 1
+                raise ClientError(
+                    {"Error": {"Code": "InternalServerError", "Message": "injected"}},
+                    operation.split(".")[1],
+                )
+
+        event = f"before-call.{operation}"
+        session.events.register(event, fail)
+        registered.append((event, fail))
+
+    yield arm
+    for event, handler in registered:
+        session.events.unregister(event, handler)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from relay.errors import RelayError
 from relay.intake import HttpRequest, prefers_async, read_message
 from relay.observability import logger
 from relay.runtime import Relay
+from relay.service import Queued
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -32,22 +33,21 @@ def post_message() -> Response[str]:
         base64_encoded=bool(event.get("isBase64Encoded")),
     )
     message = read_message(request, relay.credentials, relay.defaults)
-
-    if service.can_queue and prefers_async(request.headers):
-        relay_id, replayed = service.queue(message, request.raw_body(), request.headers)
+    outcome, replayed = service.accept(
+        message, request.raw_body(), request.headers, deadline, queue=prefers_async(request.headers)
+    )
+    if isinstance(outcome, Queued):
         headers = {"Preference-Applied": "respond-async"}
-        return _json(202, {"id": relay_id, "status": "queued"}, headers, replayed)
-
-    delivery, replayed = service.send_now(message, request.headers, deadline)
+        return _json(202, {"id": outcome.relay_id, "status": "queued"}, headers, replayed)
     answer: dict[str, Any] = {
-        "id": delivery.relay_id,
+        "id": outcome.relay_id,
         "status": "delivered",
-        "provider": delivery.provider,
-        "provider_status": delivery.provider_status,
-        "attempts": delivery.attempts,
+        "provider": outcome.provider,
+        "provider_status": outcome.provider_status,
+        "attempts": outcome.attempts,
     }
-    if delivery.receipt is not None:
-        answer["provider_response"] = delivery.receipt
+    if outcome.receipt is not None:
+        answer["provider_response"] = outcome.receipt
     return _json(201, answer, replayed=replayed)
 
 

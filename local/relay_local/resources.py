@@ -22,6 +22,7 @@ class StackResources:
     table: str
     tokens_secret: str
     auth_secret: str
+    max_receive_count: int  # the redrive policy's; the delivery function's MAX_RECEIVE_COUNT
 
 
 def load_template() -> dict[str, Any]:
@@ -43,11 +44,18 @@ def load_template() -> dict[str, Any]:
 
 
 def create(
-    tokens: dict[str, str], auth: dict[str, list[str]], prefix: str = "webhook-relay"
+    tokens: dict[str, str],
+    auth: dict[str, list[str]],
+    prefix: str = "webhook-relay",
+    max_receive_count: int | None = None,
 ) -> StackResources:
-    """Create the table, the queues and the two secrets with the template's settings."""
+    """Create the table, the queues and the two secrets with the template's settings.
+
+    ``max_receive_count`` overrides the template parameter's default (tests use fewer).
+    """
     template = load_template()
     resources, params = template["Resources"], template["Parameters"]
+    receives = max_receive_count or int(params["MaxReceiveCount"]["Default"])
 
     table_name = f"{prefix}-idempotency"
     table = resources["IdempotencyTable"]["Properties"]
@@ -74,7 +82,7 @@ def create(
     queue = resources["DeliveryQueue"]["Properties"]
     redrive = {
         "deadLetterTargetArn": dlq_arn,
-        "maxReceiveCount": params["MaxReceiveCount"]["Default"],
+        "maxReceiveCount": receives,
     }
     queue_url = sqs.create_queue(
         QueueName=f"{prefix}-delivery",
@@ -89,4 +97,4 @@ def create(
     tokens_secret, auth_secret = f"{prefix}/provider-tokens", f"{prefix}/auth"
     secrets.create_secret(Name=tokens_secret, SecretString=json.dumps(tokens))
     secrets.create_secret(Name=auth_secret, SecretString=json.dumps(auth))
-    return StackResources(queue_url, dlq_url, table_name, tokens_secret, auth_secret)
+    return StackResources(queue_url, dlq_url, table_name, tokens_secret, auth_secret, receives)

@@ -34,9 +34,10 @@ import socket
 import struct
 import sys
 import threading
+import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -84,6 +85,7 @@ class Received:
     json: Any | None  # parsed body, None when absent or not JSON
     violations: tuple[str, ...]  # empty when the request conformed to the spec
     answered: int | None  # status sent; None when the connection was dropped or hung
+    at: float = field(default_factory=time.monotonic)  # when it arrived (time.monotonic())
 
 
 @dataclass(frozen=True)

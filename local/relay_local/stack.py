@@ -93,6 +93,7 @@ class DevStack:
             "IDEMPOTENCY_TABLE": made.table,
             "DELIVERY_QUEUE_URL": made.queue_url,
             "DEAD_LETTER_QUEUE_URL": made.dlq_url,
+            "MAX_RECEIVE_COUNT": str(made.max_receive_count),
             # Redelivery backoff in seconds rather than minutes, to watch it happen locally.
             "REDELIVERY_BASE_SECONDS": "2",
             "REDELIVERY_MAX_SECONDS": "30",

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from relay_local.esm import event_record
+from relay_local.esm import EventSourceMapping, event_record
 from relay_local.lambda_runtime import LambdaContext, load_function
 from relay_local.sandbox import Fault
 from tests.conftest import fluents_message, lancepilot_message, load_event
@@ -264,6 +264,8 @@ def test_a_batch_is_sent_concurrently(delivery, aws, lancepilot, fluents):
     finally:
         lancepilot.latency = fluents.latency = 0.0
     assert (lancepilot.peak_in_flight, fluents.peak_in_flight) == (5, 5)
+    arrivals = [r.at for r in lancepilot.received + fluents.received]
+    assert max(arrivals) - min(arrivals) < 0.3  # none waited for another's answer
 
 
 def test_concurrency_is_bounded_per_provider(relay_env, monkeypatch, aws, lancepilot, fluents):
@@ -281,7 +283,11 @@ def test_concurrency_is_bounded_per_provider(relay_env, monkeypatch, aws, lancep
     assert answer == {"batchItemFailures": []}
     assert lancepilot.peak_in_flight == 2
     assert len(lancepilot.accepted()) == 6
-    assert len(fluents.accepted()) == 1  # a slow provider does not hold the other one up
+    # A slow provider does not hold the other up: Fluents was sent during Lancepilot's first
+    # round, not after its three.
+    first_round = min(r.at for r in lancepilot.received)
+    assert fluents.received[0].at < first_round + 0.2
+    assert max(r.at for r in lancepilot.received) - first_round >= 0.35
 
 
 # --- idempotency ------------------------------------------------------------------------------
@@ -347,3 +353,78 @@ def _record(aws) -> dict:
     )["Messages"]
     arn = aws.sqs.get_queue_attributes(QueueUrl=aws.queue_url, AttributeNames=["QueueArn"])
     return event_record(message, arn["Attributes"]["QueueArn"])
+
+
+def test_an_unsaved_success_record_does_not_send_the_message_again(
+    relay_env, failing_aws_call, aws, lancepilot
+):
+    failing_aws_call("dynamodb.UpdateItem")
+    delivery = EventSourceMapping(
+        aws.sqs, aws.queue_url, load_function("delivery").lambda_handler, wait_seconds=0
+    )
+    send(aws, lancepilot_message())
+
+    result = delivery.poll_once()
+
+    assert result.failed == []  # delivered, though its record could not be saved
+    assert len(lancepilot.received) == 1
+    assert waiting(aws) == 0
+
+
+def test_two_messages_with_one_key_in_one_batch_are_sent_once(delivery, aws, lancepilot):
+    send(aws, lancepilot_message(idempotency_key="same"))
+    send(aws, lancepilot_message(idempotency_key="same"))
+
+    delivery.drain(idle_seconds=2.2, limit_s=10)  # the loser of the race comes back once
+
+    assert len(lancepilot.accepted()) == 1
+    assert dead_letters(aws) == []
+    assert waiting(aws) == 0
+
+
+def test_out_of_time_on_the_last_receive_parks_with_the_reason(
+    relay_env, aws, lancepilot, delivery
+):
+    send(aws, lancepilot_message())
+    delivery.timeout_s = 2.5  # never enough time for a send
+    delivery.drain(idle_seconds=2.2, limit_s=15)
+
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "ErrorKind") == "exhausted"
+    assert "ran out of time" in attribute(parked, "ErrorMessage")
+    assert lancepilot.received == []
+
+
+def test_failing_to_park_on_the_last_receive_hands_the_message_back(
+    relay_env, monkeypatch, aws, lancepilot
+):
+    monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", aws.dlq_url + "-missing")
+    handler = load_function("delivery").lambda_handler
+    lancepilot.set_default(Fault.status(503))
+    message_id = send(aws, lancepilot_message())
+    record = _record(aws)
+    record["attributes"]["ApproximateReceiveCount"] = str(aws.max_receive_count)
+
+    answer = handler({"Records": [record]}, LambdaContext())
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": message_id}]}
+
+
+def test_a_redriven_dead_letter_keeps_only_its_new_reason(delivery, aws, lancepilot):
+    lancepilot.set_default(Fault.status(503))
+    send(aws, lancepilot_message())
+    delivery.drain(idle_seconds=2.2, limit_s=15)
+    [first] = dead_letters(aws)
+    lancepilot.set_default(Fault.status(422, {"message": "Validation error", "errors": {}}))
+
+    aws.sqs.send_message(
+        QueueUrl=aws.queue_url,
+        MessageBody=first["Body"],
+        MessageAttributes=first["MessageAttributes"],
+    )
+    delivery.poll_once()
+
+    [second] = dead_letters(aws)
+    assert attribute(second, "ErrorKind") == "permanent"
+    assert attribute(second, "ErrorStatus") == "422"
+    assert "gave up" not in attribute(second, "ErrorMessage")

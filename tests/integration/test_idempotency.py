@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import threading
 
+from relay_local.lambda_runtime import load_function
 from relay_local.sandbox import Fault
-from tests.conftest import bearer, fluents_message, lancepilot_message
+from tests.conftest import Webhook, bearer, fluents_message, lancepilot_message
 
 
 def queued(aws) -> list[dict]:
@@ -152,13 +153,14 @@ def test_a_repeated_async_request_is_queued_once(webhook, aws):
     assert message["MessageAttributes"]["IdempotencyKey"]["StringValue"] == "async-1"
 
 
-def test_queue_unavailable_is_503_and_nothing_is_claimed(webhook, aws, monkeypatch):
+def test_queue_unavailable_is_503_and_the_key_stays_free(webhook, aws):
     aws.sqs.delete_queue(QueueUrl=aws.queue_url)
 
-    answer = webhook.post(lancepilot_message(), headers=ASYNC)
+    answer = webhook.post(lancepilot_message(idempotency_key="k-503"), headers=ASYNC)
 
     assert answer.status == 503
     assert "retry-after" in answer.headers
+    assert aws.dynamodb.scan(TableName=aws.table)["Items"] == []  # a retry may try again
 
 
 def test_characters_sqs_refuses_are_escaped_not_lost(webhook, delivery, aws, lancepilot):
@@ -174,3 +176,48 @@ def test_other_preferences_do_not_make_it_async(webhook, lancepilot):
     answer = webhook.post(lancepilot_message(), headers={**bearer(), "prefer": "return=minimal"})
 
     assert answer.status == 201
+
+
+def test_an_unsaved_success_record_does_not_turn_a_delivery_into_an_error(
+    relay_env, failing_aws_call, lancepilot
+):
+    failing_aws_call("dynamodb.UpdateItem")  # Powertools saves "completed" with UpdateItem
+    webhook = Webhook(load_function("webhook"))
+
+    answer = webhook.post(lancepilot_message(idempotency_key="k-unsaved"), headers=bearer())
+
+    assert answer.status == 201  # not a 503 inviting the caller to send it again
+    assert len(lancepilot.received) == 1
+
+
+def test_an_async_repeat_of_a_delivered_key_gets_the_original_answer(webhook, aws, lancepilot):
+    body = lancepilot_message(idempotency_key="k-both")
+    first = webhook.post(body, headers=bearer())
+
+    again = webhook.post(body, headers=ASYNC)
+
+    assert (again.status, again.json["id"]) == (201, first.json["id"])
+    assert again.headers["idempotent-replayed"] == "true"
+    assert queued(aws) == []
+
+
+def test_a_sync_repeat_of_a_queued_key_gets_the_original_answer(webhook, aws, lancepilot):
+    body = lancepilot_message(idempotency_key="k-queued")
+    first = webhook.post(body, headers=ASYNC)
+
+    again = webhook.post(body, headers=bearer())
+
+    assert (again.status, again.json) == (202, first.json)
+    assert lancepilot.received == []
+
+
+def test_a_key_reused_for_another_message_is_422_on_either_path(webhook, aws):
+    webhook.post(lancepilot_message(idempotency_key="k-x"), headers=bearer())
+    webhook.post(lancepilot_message(idempotency_key="k-y"), headers=ASYNC)
+
+    for key, headers in (("k-x", ASYNC), ("k-y", bearer()), ("k-y", ASYNC)):
+        answer = webhook.post(
+            lancepilot_message(idempotency_key=key, text="other"), headers=headers
+        )
+        assert answer.status == 422, (key, headers)
+    assert len(queued(aws)) == 1

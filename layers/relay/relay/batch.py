@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from relay.config import PROVIDERS
 from relay.errors import RelayError
+from relay.secrets import AWS_CALL_LIMIT_SECONDS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -17,8 +18,9 @@ if TYPE_CHECKING:
     from relay.config import Settings
     from relay.queue_worker import Outcome, QueuedMessage, QueueWorker
 
-# Kept back from the Lambda's remaining time to report the batch's result.
-BATCH_MARGIN_SECONDS = 2.0
+# Kept back from the Lambda's remaining time after a send: the idempotency write and a
+# dead-letter send or visibility change (each bounded), and returning the batch's result.
+BATCH_MARGIN_SECONDS = 1.0 + 2 * AWS_CALL_LIMIT_SECONDS
 
 
 class BatchRun:

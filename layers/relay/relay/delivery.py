@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from relay.errors import ProviderRejected, ProviderTimeout, ProviderUnavailable, RelayError
@@ -82,6 +82,12 @@ class Deliverer:
         except SendFailed as exc:
             error = ProviderUnavailable(message.provider, exc.detail, None, None)
             self._fail(error, relay_id, started, exc.attempts, context)
+
+    def deliver_record(
+        self, request: dict[str, Any], message: Message, relay_id: str, deadline: float
+    ) -> dict[str, Any]:
+        """``deliver`` in the form idempotency stores: ``request`` is the idempotent payload."""
+        return asdict(self.deliver(message, relay_id, deadline))
 
     def _settle(
         self, message: Message, relay_id: str, reply: Reply, started: float, context: dict[str, str]

@@ -130,14 +130,21 @@ class ProviderTimeout(RelayError):
     status, kind, reason = 504, "ambiguous", "timeout"
 
     def __init__(self, provider: str, detail: str) -> None:
-        super().__init__(
-            f"{provider} gave {detail}; the message may or may not have been sent, "
-            "so it was not retried"
-        )
+        super().__init__(f"{provider} gave {detail}; the message may or may not have been sent")
         self.provider = provider
 
     def body(self) -> dict[str, Any]:
-        return {"message": self.message, "provider": self.provider}
+        # Only the HTTP caller gets this answer, and that path never resends.
+        return {"message": self.message + ", so it was not resent", "provider": self.provider}
+
+
+class OutOfTime(RelayError):
+    """Too little of the Lambda's time was left to start a send."""
+
+    status, kind, reason = 503, "transient", "out_of_time"
+
+    def __init__(self) -> None:
+        super().__init__("the invocation ran out of time before the send could start")
 
 
 # The relay's own trouble.

@@ -7,6 +7,8 @@ so a caller or a redrive can try again. Keys are the caller's (``idempotency_key
 
 from __future__ import annotations
 
+import functools
+import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aws_lambda_powertools.utilities.idempotency import (
@@ -16,11 +18,14 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
+    IdempotencyItemNotFoundError,
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS
 
 from relay.errors import DependencyUnavailable, InvalidMessage, RelayError
+from relay.observability import logger
 from relay.secrets import FAST_FAIL
 
 if TYPE_CHECKING:
@@ -48,18 +53,22 @@ class InProgress(RelayError):
 
 
 class Idempotency:
-    """The idempotency store and its settings; ``once`` makes a function run once per key."""
+    """The idempotency table and settings; ``once`` makes a function run once per key."""
 
     def __init__(self, session: boto3.session.Session, table: str, ttl_seconds: int) -> None:
-        self.store = DynamoDBPersistenceLayer(
-            table_name=table, boto3_client=session.client("dynamodb", config=FAST_FAIL)
-        )
+        client = session.client("dynamodb", config=FAST_FAIL)
         self.config = IdempotencyConfig(
             event_key_jmespath="key",
             payload_validation_jmespath="message",
             expires_after_seconds=ttl_seconds,
             response_hook=_mark_replayed,
         )
+        # One persistence layer per prefix: Powertools keeps the prefix on the layer itself.
+        self._stores: dict[str, DynamoDBPersistenceLayer] = {}
+        for prefix in (DELIVER, ENQUEUE):
+            store = DynamoDBPersistenceLayer(table_name=table, boto3_client=client)
+            store.configure(self.config, key_prefix=prefix)
+            self._stores[prefix] = store
 
     def start_invocation(self, context: LambdaContext) -> None:
         """Call on every invocation: in-progress records then expire with the Lambda's time."""
@@ -71,28 +80,59 @@ class Idempotency:
         ``request`` is ``{"key": str, "message": dict}``; the same key with another message is
         refused. A repeat returns the first result with ``"replayed": True`` added.
         """
+        finished = threading.local()
+
+        def remember(**kwargs: Any) -> dict[str, Any]:
+            finished.result = function(**kwargs)
+            return finished.result  # type: ignore[no-any-return]
+
         wrapped = idempotent_function(
-            function,
+            functools.wraps(function)(remember),
             data_keyword_argument="request",
-            persistence_store=self.store,
+            persistence_store=self._stores[prefix],
             config=self.config,
             key_prefix=prefix,
         )
 
         def guarded(**kwargs: Any) -> dict[str, Any]:
+            finished.result = None
             try:
                 result: dict[str, Any] = wrapped(**kwargs)
-            except IdempotencyValidationError:
-                raise InvalidMessage(
-                    {"idempotency_key": ["was used before with a different message"]}
-                ) from None
-            except IdempotencyAlreadyInProgressError:
-                raise InProgress("a message with this idempotency key is being sent") from None
             except IdempotencyPersistenceLayerError:
+                if finished.result is not None:
+                    # The work is done (a message was sent): the record of it is what failed.
+                    # Report the work, or a retry would send the message a second time.
+                    logger.warning("done, but the idempotency record could not be saved")
+                    return dict(finished.result)
                 raise DependencyUnavailable("the idempotency store is unavailable") from None
+            except (IdempotencyValidationError, IdempotencyAlreadyInProgressError) as error:
+                raise _refusal(error) from None
             return result
 
         return guarded  # type: ignore[return-value]
+
+    def lookup(self, prefix: str, request: dict[str, Any]) -> dict[str, Any] | None:
+        """The result kept for ``request["key"]`` under ``prefix``, if its work is done."""
+        try:
+            record = self._stores[prefix].get_record(data=request)
+        except IdempotencyItemNotFoundError:
+            return None
+        except IdempotencyValidationError as error:
+            raise _refusal(error) from None
+        except Exception:
+            raise DependencyUnavailable("the idempotency store is unavailable") from None
+        if record is None or record.status == STATUS_CONSTANTS["EXPIRED"]:
+            return None
+        if record.status == STATUS_CONSTANTS["INPROGRESS"]:
+            raise _refusal(IdempotencyAlreadyInProgressError())
+        result = record.response_json_as_dict()
+        return _mark_replayed(result, record) if isinstance(result, dict) else None
+
+
+def _refusal(error: Exception) -> RelayError:
+    if isinstance(error, IdempotencyValidationError):
+        return InvalidMessage({"idempotency_key": ["was used before with a different message"]})
+    return InProgress("a message with this idempotency key is being sent")
 
 
 def request_for(key: str, message: Message) -> dict[str, Any]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from relay.errors import (
     InvalidMessage,
     MalformedBody,
+    OutOfTime,
     ProviderRejected,
     ProviderTimeout,
     ProviderUnavailable,
@@ -81,7 +82,7 @@ class QueueWorker:
         self._defaults = defaults
         self._deliverer = deliverer
         self._queues = queues
-        self._deliver_once = idempotency.once(self._deliver, DELIVER)
+        self._deliver_once = idempotency.once(deliverer.deliver_record, DELIVER)
 
     def parse(self, queued: QueuedMessage) -> Message | RelayError:
         """The message in the body, or why it cannot be one."""
@@ -99,8 +100,6 @@ class QueueWorker:
         """
         logger.thread_safe_append_keys(correlation_id=queued.message_id)
         try:
-            if deadline is None:
-                raise Redeliver("out_of_time", 0)
             return self.handle(queued, message, deadline)
         except Redeliver as redeliver:
             self._delay(queued, redeliver)
@@ -127,13 +126,15 @@ class QueueWorker:
         )
 
     def handle(
-        self, queued: QueuedMessage, message: Message | RelayError, deadline: float
+        self, queued: QueuedMessage, message: Message | RelayError, deadline: float | None
     ) -> Outcome:
         """Deliver ``message`` (from ``parse``) before ``deadline``; raise Redeliver to retry."""
         relay_id = queued.attribute("RelayId") or queued.message_id
         if isinstance(message, RelayError):
             return self._park(queued, "invalid", None, _describe(message), relay_id)
         key = message.idempotency_key or queued.attribute("IdempotencyKey") or relay_id
+        if deadline is None:
+            return self._retry_or_park(queued, OutOfTime(), relay_id, key)
         try:
             result = self._deliver_once(
                 request=request_for(key, message),
@@ -150,12 +151,11 @@ class QueueWorker:
             if isinstance(error, ProviderTimeout):
                 logger.warning("ambiguous send will be retried", extra={"relay_id": relay_id})
             return self._retry_or_park(queued, error, relay_id, key)
+        except Exception as error:  # not the relay's own (a Powertools or botocore surprise)
+            logger.exception("unexpected error; the message will be retried")
+            unexpected = RelayError(f"unexpected {type(error).__name__}")
+            return self._retry_or_park(queued, unexpected, relay_id, key)
         return "duplicate" if result.get(REPLAYED) else "delivered"
-
-    def _deliver(
-        self, request: dict[str, Any], message: Message, relay_id: str, deadline: float
-    ) -> dict[str, Any]:
-        return asdict(self._deliverer.deliver(message, relay_id, deadline))
 
     def _retry_or_park(
         self, queued: QueuedMessage, error: RelayError, relay_id: str, key: str

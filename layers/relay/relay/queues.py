@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from relay.errors import DependencyUnavailable
+from relay.secrets import FAST_FAIL
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -27,9 +27,7 @@ class Queues:
     ) -> None:
         self.delivery_url = delivery_url
         self.dead_letter_url = dead_letter_url
-        self._sqs = session.client(
-            "sqs", config=Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard"})
-        )
+        self._sqs = session.client("sqs", config=FAST_FAIL)
 
     def enqueue(self, body: str, attributes: Mapping[str, str]) -> str:
         """Put a message on the delivery queue; its SQS message id."""
@@ -64,7 +62,10 @@ class Queues:
             elif given:
                 attributes[name] = _string(given[:MAX_ERROR_MESSAGE])
         for name, kept in original.items():
-            if name not in attributes and len(attributes) < MAX_ATTRIBUTES:
+            # A redriven message's old reason is not this one's.
+            if name.startswith("Error") or name in reason:
+                continue
+            if len(attributes) < MAX_ATTRIBUTES:
                 attributes[name] = kept
         self._sqs.send_message(
             QueueUrl=self.dead_letter_url, MessageBody=body, MessageAttributes=attributes

@@ -20,8 +20,13 @@ if TYPE_CHECKING:
     from relay.config import ProviderName, Settings
 
 
-# Bounded calls for the request path: a hiccup becomes a quick 503, not a Lambda timeout.
-FAST_FAIL = Config(connect_timeout=2, read_timeout=3, retries={"total_max_attempts": 2})
+# Bounded AWS calls (Secrets Manager, SQS, DynamoDB): a hiccup becomes a quick 503 or a
+# retry, not a Lambda timeout. botocore's defaults would allow minutes.
+_CONNECT, _READ, _ATTEMPTS = 1.0, 2.0, 2
+FAST_FAIL = Config(
+    connect_timeout=_CONNECT, read_timeout=_READ, retries={"total_max_attempts": _ATTEMPTS}
+)
+AWS_CALL_LIMIT_SECONDS = (_CONNECT + _READ) * _ATTEMPTS  # the longest one such call can take
 
 
 class SecretStore(Protocol):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from relay.delivery import Delivery
@@ -26,56 +25,58 @@ if TYPE_CHECKING:
 _SQS_REFUSES = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
+@dataclass(frozen=True)
+class Queued:
+    """A message put on the delivery queue (answered 202)."""
+
+    relay_id: str
+
+
 class MessageService:
     """Sends or queues accepted messages, once per idempotency key."""
 
     def __init__(self, deliverer: Deliverer, queues: Queues, idempotency: Idempotency) -> None:
         self._deliverer = deliverer
         self._queues = queues
-        self._deliver_once = idempotency.once(self._deliver, DELIVER)
+        self._idempotency = idempotency
+        self._deliver_once = idempotency.once(deliverer.deliver_record, DELIVER)
         self._enqueue_once = idempotency.once(self._enqueue, ENQUEUE)
 
-    @property
-    def can_queue(self) -> bool:
-        return self._queues.delivery_url is not None
+    def accept(
+        self,
+        message: Message,
+        body: bytes,
+        headers: Mapping[str, str],
+        deadline: float,
+        *,
+        queue: bool,
+    ) -> tuple[Delivery | Queued, bool]:
+        """Deliver now, or queue when asked and a queue is configured.
 
-    def send_now(
-        self, message: Message, headers: Mapping[str, str], deadline: float
-    ) -> tuple[Delivery, bool]:
-        """Deliver now; (the delivery, whether it is a replay of an earlier one)."""
+        Returns the outcome and whether it is a replay. A key already used answers with the
+        original outcome, whichever way the first request went.
+        """
+        queue = queue and self._queues.delivery_url is not None
         key = caller_key(message, headers)
         if key is None:
+            if queue:
+                return Queued(self._enqueue({}, message, body, new_relay_id(), None)["id"]), False
             return self._deliverer.deliver(message, new_relay_id(), deadline), False
-        result = self._deliver_once(
-            request=request_for(key, message),
-            message=message,
-            relay_id=new_relay_id(),
-            deadline=deadline,
-        )
-        return Delivery.from_record(result), bool(result.get(REPLAYED))
 
-    def queue(self, message: Message, body: bytes, headers: Mapping[str, str]) -> tuple[str, bool]:
-        """Put the message on the delivery queue, unchanged; (its relay id, whether replayed)."""
-        key = caller_key(message, headers)
-        relay_id = new_relay_id()
-        if key is None:
-            queued = self._enqueue(
-                request={}, message=message, body=body, relay_id=relay_id, key=None
+        request = request_for(key, message)
+        # The other way's record first, so that a repeat gets the original answer.
+        earlier = self._idempotency.lookup(DELIVER if queue else ENQUEUE, request)
+        if earlier is not None:
+            return _outcome(earlier), True
+        if queue:
+            result = self._enqueue_once(
+                request=request, message=message, body=body, relay_id=new_relay_id(), key=key
             )
-            return queued["id"], False
-        result = self._enqueue_once(
-            request=request_for(key, message),
-            message=message,
-            body=body,
-            relay_id=relay_id,
-            key=key,
-        )
-        return result["id"], bool(result.get(REPLAYED))
-
-    def _deliver(
-        self, request: dict[str, Any], message: Message, relay_id: str, deadline: float
-    ) -> dict[str, Any]:
-        return asdict(self._deliverer.deliver(message, relay_id, deadline))
+        else:
+            result = self._deliver_once(
+                request=request, message=message, relay_id=new_relay_id(), deadline=deadline
+            )
+        return _outcome(result), bool(result.get(REPLAYED))
 
     def _enqueue(
         self,
@@ -88,11 +89,9 @@ class MessageService:
         attributes = {"RelayId": relay_id}
         if key is not None:
             attributes["IdempotencyKey"] = key
-        text = body.decode("utf-8")
-        if _SQS_REFUSES.search(text):
-            # SQS refuses a few characters JSON allows raw (U+FFFE, say): send the same JSON
-            # with them escaped.
-            text = json.dumps(json.loads(text))
+        # SQS refuses a few characters JSON allows raw (U+FFFE, U+FFFF): escape just those,
+        # which leaves the same JSON (they can only stand inside strings).
+        text = _SQS_REFUSES.sub(lambda m: f"\\u{ord(m.group()):04x}", body.decode("utf-8"))
         message_id = self._queues.enqueue(text, attributes)
         logger.info(
             "message queued",
@@ -104,4 +103,10 @@ class MessageService:
                 "sqs_message_id": message_id,
             },
         )
-        return {"id": relay_id, "message_id": message_id}
+        return {"id": relay_id, "status": "queued", "message_id": message_id}
+
+
+def _outcome(record: Mapping[str, Any]) -> Delivery | Queued:
+    if record.get("status") == "queued":
+        return Queued(record["id"])
+    return Delivery.from_record(record)

@@ -138,7 +138,7 @@ class Transport:
         # maxsize > 1 so concurrent sends keep their connections instead of discarding them.
         self._pool = urllib3.PoolManager(
             num_pools=4,
-            maxsize=settings.max_connections,
+            maxsize=max(settings.max_connections, settings.provider_concurrency),
             block=False,
             retries=False,
             headers={"User-Agent": "webhook-relay/0.1"},
