@@ -14,7 +14,7 @@ from aws_lambda_powertools.utilities.batch import (
 
 from relay.batch import BatchRun
 from relay.config import PROVIDERS
-from relay.observability import logger
+from relay.observability import logger, metrics, outcomes, tracer
 from relay.queue_worker import QueuedMessage
 from relay.runtime import Relay
 
@@ -35,6 +35,8 @@ processor = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_
 
 
 @logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False, capture_error=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     relay.idempotency.start_invocation(context)
     run = BatchRun(worker, relay.settings, executor, context.get_remaining_time_in_millis)
@@ -42,9 +44,12 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
     async def record_handler(record: SQSRecord) -> Outcome:
         return await run(_queued(record))
 
-    return async_process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+    try:
+        return async_process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+    finally:
+        outcomes.flush()
 
 
 def _queued(record: SQSRecord) -> QueuedMessage:

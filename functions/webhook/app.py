@@ -10,7 +10,7 @@ from aws_lambda_powertools.logging import correlation_paths
 
 from relay.errors import RelayError
 from relay.intake import HttpRequest, prefers_async, read_message
-from relay.observability import logger
+from relay.observability import logger, metrics, outcomes, tracer
 from relay.runtime import Relay
 from relay.service import Queued
 
@@ -36,7 +36,11 @@ def post_message() -> Response[str]:
     outcome, replayed = service.accept(
         message, request.raw_body(), request.headers, deadline, queue=prefers_async(request.headers)
     )
+    if replayed:
+        outcomes.count("DuplicatesSuppressed", message.provider)
     if isinstance(outcome, Queued):
+        if not replayed:
+            outcomes.count("MessagesQueued", message.provider)
         headers = {"Preference-Applied": "respond-async"}
         return _json(202, {"id": outcome.relay_id, "status": "queued"}, headers, replayed)
     answer: dict[str, Any] = {
@@ -53,9 +57,12 @@ def post_message() -> Response[str]:
 
 @app.exception_handler(RelayError)
 def relay_error(error: RelayError) -> Response[str]:
-    if error.status >= 500:
+    provider = getattr(error, "provider", None)
+    if error.status >= 500:  # the relay gave up on a message it had accepted to send
+        outcomes.count("MessagesFailed", provider, ("Reason", error.reason))
         logger.warning("request failed", extra={"status": error.status, "reason": error.reason})
-    else:
+    else:  # refused before any send
+        outcomes.count("RequestsRefused", provider, ("Reason", error.reason))
         logger.info("request refused", extra={"status": error.status, "reason": error.reason})
     return _json(error.status, error.answer(), error.headers())
 
@@ -73,9 +80,14 @@ def unexpected_error(error: Exception) -> Response[str]:
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler(capture_response=False, capture_error=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     relay.idempotency.start_invocation(context)
-    return app.resolve(event, context)
+    try:
+        return app.resolve(event, context)
+    finally:
+        outcomes.flush()
 
 
 def _json(

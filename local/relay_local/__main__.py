@@ -10,6 +10,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
+from relay_local.metrics_view import ReadableMetrics
 from relay_local.stack import DEFAULT_MOTO_PORT, DEV_API_KEY, DEV_SIGNING_SECRET, DevStack
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    # Before the handlers load: their logger and metrics write to this stdout.
+    sys.stdout = ReadableMetrics(sys.stdout)
     stack = DevStack(
         port=args.port,
         moto_port=args.moto_port,
@@ -76,7 +79,8 @@ Send now:
 Queue it instead: add -H 'Prefer: respond-async'. Or put it on the queue as a producer would:
   .venv/bin/python -m relay_local.send '{SEND_EXAMPLE}'
 
-Logs of the relay follow (JSON); sandbox lines show what a provider received. Ctrl-C stops.
+Logs of the relay follow (JSON), with each metric it publishes as a "metric" line; sandbox
+lines show what a provider received. Ctrl-C stops.
 """,
         flush=True,
     )

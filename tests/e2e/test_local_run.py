@@ -48,6 +48,20 @@ class Running:
                 return line
         raise AssertionError("no sandbox provider received a request")
 
+    def lines_with(self, marker: str, until: str, timeout: float = 5) -> list[str]:
+        """Output lines holding ``marker``, read until one also holds ``until``."""
+        found, deadline = [], time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if marker in line:
+                found.append(line)
+                if until in line:
+                    return found
+        raise AssertionError(f"no {until!r} line; saw {found}")
+
     def drain(self) -> None:
         while not self.lines.empty():
             self.lines.get_nowait()
@@ -113,6 +127,9 @@ def test_the_readme_curl_is_delivered_by_the_sandbox(local_relay):
     assert "POST /v1/messages" in line
     assert '"to_number": "+14155550123"' in line
     assert line.rstrip().endswith("[201] ok")
+    # make run shows each metric line readably; the cold start metric follows the outcomes.
+    metrics = local_relay.lines_with("  metric  ", until="ColdStart=1")
+    assert any("MessagesDelivered=1" in m and "[Provider=fluents]" in m for m in metrics)
 
 
 def test_a_signed_lancepilot_message_is_delivered(local_relay):

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from relay.errors import ProviderRejected, ProviderTimeout, ProviderUnavailable, RelayError
-from relay.observability import logger
+from relay.observability import logger, outcomes, status_class, tracer
 from relay.phone import mask
 from relay.providers import build_request, read_error, read_receipt
 from relay.transport import RETRY_STATUSES, SendFailed, SendUnconfirmed
@@ -60,6 +60,10 @@ class Deliverer:
         context = {"relay_id": relay_id, "provider": message.provider, "to": mask(message.to)}
 
         def on_retry(retry: int, status: int | None, error: str | None, wait: float) -> None:
+            failure = "timeout" if error and "Timeout" in error else "connection"
+            outcomes.count(
+                "ProviderErrors", message.provider, ("StatusClass", status_class(status, failure))
+            )
             logger.info(
                 "provider attempt failed, retrying",
                 extra={
@@ -71,17 +75,26 @@ class Deliverer:
                 },
             )
 
-        started = time.monotonic()
-        error: RelayError
-        try:
-            reply = self._transport.post(request, deadline, on_retry)
-            return self._settle(message, relay_id, reply, started, context)
-        except SendUnconfirmed as exc:
-            error = ProviderTimeout(message.provider, exc.detail)
-            self._fail(error, relay_id, started, exc.attempts, context)
-        except SendFailed as exc:
-            error = ProviderUnavailable(message.provider, exc.detail, None, None)
-            self._fail(error, relay_id, started, exc.attempts, context)
+        # A subsegment per send: provider and outcome as annotations, never the message.
+        with tracer.provider.in_subsegment(f"## {message.provider} send") as subsegment:
+            subsegment.put_annotation("provider", message.provider)
+            started = time.monotonic()
+            error: RelayError
+            try:
+                reply = self._transport.post(request, deadline, on_retry)
+                delivery = self._settle(message, relay_id, reply, started, context)
+            except SendUnconfirmed as exc:
+                error = ProviderTimeout(message.provider, exc.detail)
+                outcomes.count("AmbiguousSends", message.provider)
+                self._fail(error, relay_id, started, exc.attempts, context, subsegment)
+            except SendFailed as exc:
+                error = ProviderUnavailable(message.provider, exc.detail, None, None)
+                self._fail(error, relay_id, started, exc.attempts, context, subsegment)
+            except RelayError as refused:
+                self._fail(refused, relay_id, started, reply.attempts, context, subsegment)
+            subsegment.put_annotation("outcome", "delivered")
+            subsegment.put_annotation("provider_status", str(delivery.provider_status))
+            return delivery
 
     def deliver_record(
         self, request: dict[str, Any], message: Message, relay_id: str, deadline: float
@@ -104,6 +117,8 @@ class Deliverer:
                     "latency_ms": latency_ms,
                 },
             )
+            outcomes.count("MessagesDelivered", message.provider)
+            outcomes.latency(message.provider, latency_ms)
             return Delivery(
                 relay_id=relay_id,
                 provider=message.provider,
@@ -112,20 +127,30 @@ class Deliverer:
                 attempts=reply.attempts,
                 latency_ms=latency_ms,
             )
-        error: RelayError
         if reply.status in RETRY_STATUSES:
-            error = ProviderUnavailable(
+            raise ProviderUnavailable(
                 message.provider, f"HTTP {reply.status}", reply.status, _retry_after(reply)
             )
-        else:
-            error = ProviderRejected(message.provider, reply.status, read_error(reply.body))
-        self._fail(error, relay_id, started, reply.attempts, context)
+        raise ProviderRejected(message.provider, reply.status, read_error(reply.body))
 
     @staticmethod
     def _fail(
-        error: RelayError, relay_id: str, started: float, attempts: int, context: dict[str, str]
+        error: RelayError,
+        relay_id: str,
+        started: float,
+        attempts: int,
+        context: dict[str, str],
+        subsegment: Any,
     ) -> NoReturn:
         error.relay_id = relay_id
+        status = getattr(error, "provider_status", None)
+        failure = "timeout" if isinstance(error, ProviderTimeout) else "connection"
+        outcomes.count(
+            "ProviderErrors", context["provider"], ("StatusClass", status_class(status, failure))
+        )
+        subsegment.put_annotation("outcome", error.reason)
+        if status is not None:
+            subsegment.put_annotation("provider_status", str(status))
         logger.warning(
             "message not delivered",
             extra={

@@ -24,7 +24,7 @@ from relay.errors import (
 from relay.idempotency import DELIVER, REPLAYED, request_for
 from relay.intake import load_json
 from relay.message import parse_message
-from relay.observability import logger
+from relay.observability import logger, outcomes
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 Outcome = Literal["delivered", "duplicate", "dead_lettered"]
 MAX_VISIBILITY = 12 * 3600  # SQS's ceiling
+# MessagesFailed's Reason for each ErrorKind, in the HTTP path's words.
+PARKED_REASON = {"invalid": "invalid", "permanent": "provider_rejected", "exhausted": "exhausted"}
 
 
 @dataclass(frozen=True)
@@ -99,15 +101,20 @@ class QueueWorker:
         ``deadline`` None means no time is left to send before the Lambda's own timeout.
         """
         logger.thread_safe_append_keys(correlation_id=queued.message_id)
+        provider = None if isinstance(message, RelayError) else message.provider
         try:
-            return self.handle(queued, message, deadline)
+            outcome = self.handle(queued, message, deadline)
         except Redeliver as redeliver:
-            self._delay(queued, redeliver)
+            outcomes.count("MessagesRetried", provider, ("Reason", redeliver.reason))
+            self._delay(queued, redeliver, provider)
             raise
         finally:
             logger.thread_safe_clear_keys()
+        if outcome == "duplicate":
+            outcomes.count("DuplicatesSuppressed", provider)
+        return outcome
 
-    def _delay(self, queued: QueuedMessage, redeliver: Redeliver) -> None:
+    def _delay(self, queued: QueuedMessage, redeliver: Redeliver, provider: str | None) -> None:
         try:
             self._queues.delay(queued.receipt_handle, redeliver.delay)
         except Exception:
@@ -119,6 +126,8 @@ class QueueWorker:
             "message handed back for redelivery",
             extra={
                 "outcome": "retry",
+                "relay_id": queued.attribute("RelayId") or queued.message_id,
+                "provider": provider,
                 "reason": redeliver.reason,
                 "delay_s": redeliver.delay,
                 "receive_count": queued.receive_count,
@@ -131,10 +140,10 @@ class QueueWorker:
         """Deliver ``message`` (from ``parse``) before ``deadline``; raise Redeliver to retry."""
         relay_id = queued.attribute("RelayId") or queued.message_id
         if isinstance(message, RelayError):
-            return self._park(queued, "invalid", None, _describe(message), relay_id)
+            return self._park(queued, None, "invalid", None, _describe(message), relay_id)
         key = message.idempotency_key or queued.attribute("IdempotencyKey") or relay_id
         if deadline is None:
-            return self._retry_or_park(queued, OutOfTime(), relay_id, key)
+            return self._retry_or_park(queued, message, OutOfTime(), relay_id, key)
         try:
             result = self._deliver_once(
                 request=request_for(key, message),
@@ -143,27 +152,29 @@ class QueueWorker:
                 deadline=deadline,
             )
         except InvalidMessage as error:  # the key was used before for another message
-            return self._park(queued, "invalid", None, _describe(error), relay_id, key)
+            return self._park(queued, message, "invalid", None, _describe(error), relay_id, key)
         except ProviderRejected as error:
             detail = f"{error.message}: {_short(error.provider_error)}"
-            return self._park(queued, "permanent", error.provider_status, detail, relay_id, key)
+            return self._park(
+                queued, message, "permanent", error.provider_status, detail, relay_id, key
+            )
         except RelayError as error:
             if isinstance(error, ProviderTimeout):
                 logger.warning("ambiguous send will be retried", extra={"relay_id": relay_id})
-            return self._retry_or_park(queued, error, relay_id, key)
+            return self._retry_or_park(queued, message, error, relay_id, key)
         except Exception as error:  # not the relay's own (a Powertools or botocore surprise)
             logger.exception("unexpected error; the message will be retried")
             unexpected = RelayError(f"unexpected {type(error).__name__}")
-            return self._retry_or_park(queued, unexpected, relay_id, key)
+            return self._retry_or_park(queued, message, unexpected, relay_id, key)
         return "duplicate" if result.get(REPLAYED) else "delivered"
 
     def _retry_or_park(
-        self, queued: QueuedMessage, error: RelayError, relay_id: str, key: str
+        self, queued: QueuedMessage, message: Message, error: RelayError, relay_id: str, key: str
     ) -> Outcome:
         if queued.receive_count >= self._settings.max_receive_count:
             detail = f"gave up after {queued.receive_count} receives: {error.message}"
             status = getattr(error, "provider_status", None)
-            return self._park(queued, "exhausted", status, detail, relay_id, key)
+            return self._park(queued, message, "exhausted", status, detail, relay_id, key)
         retry_after = error.retry_after if isinstance(error, ProviderUnavailable) else None
         raise Redeliver(error.reason, self.backoff(queued.receive_count, retry_after or 0))
 
@@ -174,7 +185,8 @@ class QueueWorker:
     def _park(
         self,
         queued: QueuedMessage,
-        kind: str,
+        message: Message | None,
+        kind: Literal["invalid", "permanent", "exhausted"],
         status: int | None,
         detail: str,
         relay_id: str,
@@ -193,10 +205,13 @@ class QueueWorker:
             # Never delete a message without a home: hand it back, it will come round again.
             logger.exception("could not dead-letter; handing the message back")
             raise Redeliver("dead_letter_failed", self.backoff(1)) from None
+        provider = message.provider if message is not None else None
+        outcomes.count("MessagesFailed", provider, ("Reason", PARKED_REASON[kind]))
         logger.warning(
             "message dead-lettered",
             extra={
                 "relay_id": relay_id,
+                "provider": provider,
                 "outcome": "dead_lettered",
                 "error_kind": kind,
                 "provider_status": status,
