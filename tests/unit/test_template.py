@@ -77,7 +77,7 @@ def test_globals_runtime_and_powertools(template: dict[str, Any]) -> None:
     assert glob["MemorySize"] == 256
     env = glob["Environment"]["Variables"]
     assert env["POWERTOOLS_SERVICE_NAME"] == "webhook-relay"
-    assert env["POWERTOOLS_METRICS_NAMESPACE"] == "WebhookRelay"
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == {"Ref": "MetricsNamespace"}
     assert env["POWERTOOLS_LOG_LEVEL"] == {"Ref": "LogLevel"}
     assert template["Parameters"]["LogLevel"]["Default"] == "INFO"
 
@@ -380,3 +380,91 @@ def test_sam_validate_lint() -> None:
     assert result.returncode == 0, output
     assert "is a valid SAM Template" in output
     assert re.search(r"\b[WE]\d{4}\b", output) is None, output
+
+
+ALARMS = {
+    "DeadLetterQueueNotEmptyAlarm",
+    "FailureRateAlarm",
+    "LancepilotUnavailableAlarm",
+    "FluentsUnavailableAlarm",
+    "LancepilotLatencyAlarm",
+    "FluentsLatencyAlarm",
+    "WebhookFunctionErrorsAlarm",
+    "WebhookFunctionThrottlesAlarm",
+    "DeliveryFunctionErrorsAlarm",
+    "DeliveryFunctionThrottlesAlarm",
+}
+RELAY_METRICS = {
+    "MessagesDelivered",
+    "MessagesFailed",
+    "MessagesRetried",
+    "MessagesQueued",
+    "DeliveryLatency",
+    "ProviderErrors",
+    "RequestsRefused",
+    "DuplicatesSuppressed",
+    "AmbiguousSends",
+}
+
+
+def test_every_alarm_notifies_the_topic(resources: dict[str, Any]) -> None:
+    alarms = {k for k, v in resources.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
+    assert alarms == ALARMS
+    for name in alarms:
+        props = resources[name]["Properties"]
+        assert props["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
+        assert props["TreatMissingData"] == "notBreaching", name
+        assert "docs/metrics.md#" in props["AlarmDescription"], name
+    topic = resources["AlarmTopic"]["Properties"]
+    assert topic["KmsMasterKeyId"] == "alias/aws/sns"
+    subscription = resources["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert subscription["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
+
+
+def _metric_names(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        found = {node["MetricName"]} if "MetricName" in node else set()
+        for value in node.values():
+            found |= _metric_names(value)
+        return found
+    if isinstance(node, list):
+        return set().union(*(_metric_names(v) for v in node)) if node else set()
+    return set()
+
+
+def test_alarms_watch_the_metrics_the_relay_publishes(resources: dict[str, Any]) -> None:
+    watched = set().union(*(_metric_names(resources[a]["Properties"]) for a in ALARMS))
+    relay_side = watched & RELAY_METRICS
+    assert relay_side == {
+        "MessagesFailed",
+        "MessagesDelivered",
+        "ProviderErrors",
+        "DeliveryLatency",
+    }
+    dlq = resources["DeadLetterQueueNotEmptyAlarm"]["Properties"]
+    assert dlq["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["DeliveryDeadLetterQueue", "QueueName"]}
+
+
+def test_metrics_namespace_is_one_parameter(template: dict[str, Any]) -> None:
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == {"Ref": "MetricsNamespace"}
+    assert template["Parameters"]["MetricsNamespace"]["Default"] == "WebhookRelay"
+
+
+def test_dashboard_is_valid_json_showing_every_metric(resources: dict[str, Any]) -> None:
+    body = resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    rendered = re.sub(r"\$\{[^}]+\}", "x", body)  # what CloudFormation substitutes
+    widgets = json.loads(rendered)["widgets"]
+    text = json.dumps(widgets)
+    for name in RELAY_METRICS | {
+        "ApproximateNumberOfMessagesVisible",
+        "ApproximateAgeOfOldestMessage",
+        "Errors",
+        "Duration",
+    }:
+        assert name in text, name
+    [alarm_widget] = [w for w in widgets if w["type"] == "alarm"]
+    assert len(alarm_widget["properties"]["alarms"]) == len(ALARMS)
+    for name in ALARMS:
+        assert "${" + name + ".Arn}" in body
