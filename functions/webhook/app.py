@@ -33,6 +33,7 @@ def post_message() -> Response[str]:
         base64_encoded=bool(event.get("isBase64Encoded")),
     )
     message = read_message(request, relay.credentials, relay.defaults)
+    app.context["provider"] = message.provider  # for the metrics of a failure from here on
     outcome, replayed = service.accept(
         message, request.raw_body(), request.headers, deadline, queue=prefers_async(request.headers)
     )
@@ -57,7 +58,7 @@ def post_message() -> Response[str]:
 
 @app.exception_handler(RelayError)
 def relay_error(error: RelayError) -> Response[str]:
-    provider = getattr(error, "provider", None)
+    provider = app.context.get("provider")
     if error.status >= 500:  # the relay gave up on a message it had accepted to send
         outcomes.count("MessagesFailed", provider, ("Reason", error.reason))
         logger.warning("request failed", extra={"status": error.status, "reason": error.reason})
@@ -76,6 +77,7 @@ def not_found(_: Exception) -> Response[str]:
 def unexpected_error(error: Exception) -> Response[str]:
     # Log the type and where, not the message: an exception's text can carry request data.
     logger.error("unexpected error", extra={"error": type(error).__name__})
+    outcomes.count("MessagesFailed", app.context.get("provider"), ("Reason", "internal"))
     return _json(500, {"message": "internal error"})
 
 

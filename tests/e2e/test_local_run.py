@@ -130,6 +130,9 @@ def test_the_readme_curl_is_delivered_by_the_sandbox(local_relay):
     # make run shows each metric line readably; the cold start metric follows the outcomes.
     metrics = local_relay.lines_with("  metric  ", until="ColdStart=1")
     assert any("MessagesDelivered=1" in m and "[Provider=fluents]" in m for m in metrics)
+    [cold] = [m for m in metrics if "ColdStart=1" in m]
+    assert "function_name=" in cold
+    assert "service=webhook-relay" in cold
 
 
 def test_a_signed_lancepilot_message_is_delivered(local_relay):

@@ -60,9 +60,9 @@ class Deliverer:
         context = {"relay_id": relay_id, "provider": message.provider, "to": mask(message.to)}
 
         def on_retry(retry: int, status: int | None, error: str | None, wait: float) -> None:
-            failure = "timeout" if error and "Timeout" in error else "connection"
+            # Retried without a status means it could not connect: a read timeout is never retried.
             outcomes.count(
-                "ProviderErrors", message.provider, ("StatusClass", status_class(status, failure))
+                "ProviderErrors", message.provider, ("StatusClass", status_class(status))
             )
             logger.info(
                 "provider attempt failed, retrying",

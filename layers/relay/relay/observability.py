@@ -23,7 +23,10 @@ NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "WebhookRelay"
 
 logger = Logger(service="webhook-relay")
 metrics = Metrics(namespace=NAMESPACE)  # carries the ColdStart metric
-tracer = Tracer()  # a no-op when POWERTOOLS_TRACE_DISABLED is set (locally, in tests)
+# Only botocore is patched: patching httplib would record each provider URL, and Lancepilot's
+# holds the recipient's number. Provider sends get their own subsegment (delivery.py).
+# A no-op when POWERTOOLS_TRACE_DISABLED is set (locally, in tests).
+tracer = Tracer(patch_modules=["botocore"])
 
 # urllib3 logs retried URLs at WARNING, and Lancepilot's URL holds the recipient's number.
 # The relay logs its own retries, masked, instead.
@@ -103,11 +106,19 @@ class Outcomes:
             emf.flush_metrics()
 
 
-def status_class(status: int | None, error: str | None = None) -> str:
-    """A provider answer's class for ProviderErrors: "4xx", "5xx", or how the call failed."""
+def status_class(status: int | None, failure: str = "connection") -> str:
+    """A failed provider attempt's class for ProviderErrors.
+
+    "4xx" (refused), "5xx", "throttled" (429), "timeout" (408, or no answer in time), or
+    "connection" (could not connect).
+    """
+    if status == 429:
+        return "throttled"
+    if status == 408:
+        return "timeout"
     if status is not None:
         return f"{status // 100}xx"
-    return error or "connection"
+    return failure
 
 
 outcomes = Outcomes()

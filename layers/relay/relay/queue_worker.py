@@ -163,7 +163,11 @@ class QueueWorker:
                 logger.warning("ambiguous send will be retried", extra={"relay_id": relay_id})
             return self._retry_or_park(queued, message, error, relay_id, key)
         except Exception as error:  # not the relay's own (a Powertools or botocore surprise)
-            logger.exception("unexpected error; the message will be retried")
+            # The type only: an exception's text can carry message data.
+            logger.error(
+                "unexpected error; the message will be retried",
+                extra={"error": type(error).__name__},
+            )
             unexpected = RelayError(f"unexpected {type(error).__name__}")
             return self._retry_or_park(queued, message, unexpected, relay_id, key)
         return "duplicate" if result.get(REPLAYED) else "delivered"
@@ -203,7 +207,7 @@ class QueueWorker:
             self._queues.dead_letter(queued.body, reason, queued.attributes)
         except Exception:
             # Never delete a message without a home: hand it back, it will come round again.
-            logger.exception("could not dead-letter; handing the message back")
+            logger.error("could not dead-letter; handing the message back")
             raise Redeliver("dead_letter_failed", self.backoff(1)) from None
         provider = message.provider if message is not None else None
         outcomes.count("MessagesFailed", provider, ("Reason", PARKED_REASON[kind]))
