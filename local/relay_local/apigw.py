@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import queue
 import threading
 import time
 import uuid
@@ -72,12 +73,19 @@ def to_event(
 
 
 class HttpApi:
-    """Routes ``METHOD /path`` to handlers, one invocation at a time per function like Lambda."""
+    """Routes ``METHOD /path`` to handlers. Each handler is one execution environment and, like
+    Lambda's, takes one invocation at a time; give a route several to serve in parallel."""
 
-    def __init__(self, routes: dict[str, Handler], timeout_s: float = 28.0) -> None:
-        self.routes = routes
+    def __init__(
+        self, routes: Mapping[str, Handler | list[Handler]], timeout_s: float = 28.0
+    ) -> None:
         self.timeout_s = timeout_s
-        self._locks = {key: threading.Lock() for key in routes}
+        self._free: dict[str, queue.Queue[Handler]] = {}
+        for key, handlers in routes.items():
+            pool: queue.Queue[Handler] = queue.Queue()
+            for handler in handlers if isinstance(handlers, list) else [handlers]:
+                pool.put(handler)
+            self._free[key] = pool
         self._server: ThreadingHTTPServer | None = None
 
     def invoke(
@@ -85,18 +93,18 @@ class HttpApi:
     ) -> tuple[int, dict[str, str], bytes]:
         """Answer one request the way the deployed HTTP API would."""
         route_key = f"{method} {urlsplit(target).path}"
-        handler = self.routes.get(route_key)
-        if handler is None:
-            return 404, {"content-type": "application/json"}, b'{"message":"Not Found"}'
+        pool = self._free.get(route_key)
+        json_type = {"content-type": "application/json"}
+        if pool is None:
+            return 404, json_type, b'{"message":"Not Found"}'
         if len(body) > MAX_PAYLOAD:
-            return (
-                413,
-                {"content-type": "application/json"},
-                b'{"message":"Request Entity Too Large"}',
-            )
+            return 413, json_type, b'{"message":"Request Entity Too Large"}'
         event = to_event(method, target, headers, body, route_key)
-        with self._locks[route_key]:
+        handler = pool.get()  # waits for a free environment
+        try:
             result = handler(event, LambdaContext(timeout_s=self.timeout_s))
+        finally:
+            pool.put(handler)
         payload = result.get("body") or ""
         raw = base64.b64decode(payload) if result.get("isBase64Encoded") else payload.encode()
         answer_headers = {k.lower(): str(v) for k, v in (result.get("headers") or {}).items()}

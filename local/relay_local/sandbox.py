@@ -644,6 +644,7 @@ class ProviderSandbox:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._in_flight = 0
+        self._chooser: Callable[[], Fault | None] | None = None
         self.peak_in_flight = 0  # most requests being answered at once since the last reset
 
     @property
@@ -724,13 +725,23 @@ class ProviderSandbox:
             self._received.clear()
             self._queue.clear()
             self._default = None
+            self._chooser = None
             self.peak_in_flight = self._in_flight
 
     # --- used by the handler ---
 
+    def set_chooser(self, chooser: Callable[[], Fault | None] | None) -> None:
+        """Ask ``chooser`` for each request's fault while nothing is queued (fault injection)."""
+        with self._lock:
+            self._chooser = chooser
+
     def _next_fault(self) -> Fault | None:
         with self._lock:
-            return self._queue.popleft() if self._queue else self._default
+            if self._queue:
+                return self._queue.popleft()
+            if self._chooser is not None:
+                return self._chooser()
+            return self._default
 
     def _record(self, received: Received) -> None:
         with self._lock:

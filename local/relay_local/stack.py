@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
-import logging
 import os
 import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from relay_local import resources
 from relay_local.apigw import HttpApi
@@ -45,17 +47,22 @@ class DevStack:
     env: dict[str, str] = field(default_factory=dict)
     url: str = ""
     aws_resources: StackResources | None = None
-    poller: EventSourceMapping | None = None
-    _moto: Any = None
+    environments: int = 1  # concurrent executions of each function
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. shorter timeouts for tests
+    pollers: list[EventSourceMapping] = field(default_factory=list)
+    _moto: subprocess.Popen[bytes] | None = None
     _api: HttpApi | None = None
 
     def start(self) -> DevStack:
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto_server's per-request lines
+        # moto_server in its own process: AWS calls then run on the other core, not under
+        # this process's GIL with the handlers and the sandbox providers.
         moto_port = self.moto_port or _free_port(self.host)
-        self._moto = ThreadedMotoServer(ip_address=self.host, port=moto_port, verbose=False)
-        self._moto.start()
+        self._moto = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(moto_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_for_port(self.host, moto_port, self._moto)
         aws = {
             "AWS_ENDPOINT_URL": f"http://{self.host}:{moto_port}",
             "AWS_ACCESS_KEY_ID": "local",
@@ -106,30 +113,49 @@ class DevStack:
             "POWERTOOLS_TRACE_DISABLED": "true",
             "SECRETS_MAX_AGE_SECONDS": "5",  # edits to the local secrets show up quickly
         }
+        self.env.update(self.extra_env)
         os.environ.update(self.env)
 
-        webhook = load_function("webhook")
-        self._api = HttpApi({"POST /v1/messages": webhook.lambda_handler})
+        # Each loaded handler is one execution environment, serving one invocation at a time.
+        webhooks = [load_function("webhook").lambda_handler for _ in range(self.environments)]
+        self._api = HttpApi({"POST /v1/messages": webhooks})
         server = self._api.serve(self.host, self.port)
         self.url = f"http://{self.host}:{server.server_address[1]}"
 
         import boto3
 
-        delivery = load_function("delivery")
-        self.poller = EventSourceMapping(
-            boto3.client("sqs"), made.queue_url, delivery.lambda_handler, wait_seconds=1
-        ).start()
+        sqs = boto3.client("sqs")
+        self.pollers = [
+            EventSourceMapping(
+                sqs, made.queue_url, load_function("delivery").lambda_handler, wait_seconds=1
+            ).start()
+            for _ in range(self.environments)
+        ]
         return self
 
     def stop(self) -> None:
-        if self.poller is not None:
-            self.poller.stop()
+        for poller in self.pollers:
+            poller.stop()
         if self._api is not None:
             self._api.stop()
         for sandbox in self.sandboxes.values():
             sandbox.stop()
         if self._moto is not None:
-            self._moto.stop()
+            self._moto.terminate()
+            self._moto.wait(timeout=10)
+
+
+def _wait_for_port(host: str, port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {process.returncode}")
+        try:
+            socket.create_connection((host, port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("moto_server did not start within 30 s")
 
 
 def _free_port(host: str) -> int:
