@@ -4,9 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml layers/relay/requirements.txt | sha1sum | cut -c1-12)
+# checkov pins boto3 and packaging versions that break aws-sam-cli: it gets a venv of its own.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV := $(VENV)/checkov
+CHECKOV := $(CHECKOV_VENV)/bin/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint typecheck validate build deploy clean
+.PHONY: help setup run test lint typecheck validate security build deploy clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -16,6 +21,12 @@ $(STAMP): pyproject.toml layers/relay/requirements.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
+
+$(CHECKOV_STAMP):
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	rm -f $(CHECKOV_VENV)/.installed-* && touch $@
 
 setup: $(STAMP) ## create .venv with the relay and every dev tool
 
@@ -32,7 +43,12 @@ typecheck: $(STAMP) ## mypy, strict on the layer
 validate: $(STAMP) ## sam validate --lint (cfn-lint) on template.yaml
 	$(BIN)/sam validate --lint --region us-east-1
 
-test: lint typecheck validate ## lint, types, template and every test
+security: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint and checkov over template.yaml (see docs/security.md)
+	$(BIN)/cfn-lint template.yaml
+	CKV_SKIP_PACKAGE_UPDATE_CHECK=true $(CHECKOV) --config-file .checkov.yaml \
+		--framework cloudformation --file template.yaml --quiet --compact
+
+test: lint typecheck validate security ## lint, types, template, security scan and every test
 	$(BIN)/pytest
 
 build: $(STAMP) ## sam build for python3.13/arm64 without a container

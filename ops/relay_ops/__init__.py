@@ -1,0 +1,1 @@
+"""Operator tools for a deployed relay (``relay dlq ...``)."""

@@ -1,0 +1,256 @@
+"""``relay``: the operator's command line for a deployed relay.
+
+relay dlq list     the dead letters' metadata (kind, status, error, relay id, age)
+relay dlq show     one dead letter in full, body included
+relay dlq redrive  move dead letters back to the delivery queue
+
+Exit codes: 0 done, 1 some messages could not be moved (or found), 2 usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError, ClientError
+from tqdm import tqdm
+
+from relay_ops import dlq, render
+from relay_ops.config import DLQ_ENV, QUEUE_ENV, ConfigError, Target, connect
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+OK, FAILED, USAGE = 0, 1, 2
+INTERRUPTED = 130  # the shell's convention for Ctrl-C
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``relay`` with ``argv`` (default: the process's arguments); the exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error argparse has already explained
+        return exit_.code if isinstance(exit_.code, int) else USAGE
+    try:
+        target = connect(
+            region=args.region,
+            endpoint_url=args.endpoint_url,
+            stack=args.stack,
+            dlq_url=args.dlq_url,
+            queue_url=args.queue_url,
+        )
+        code: int = args.run(args, target)
+    except ConfigError as error:
+        print(f"relay: {error}", file=sys.stderr)
+        return USAGE
+    except (BotoCoreError, ClientError) as error:
+        # A queue that does not exist, missing credentials or permissions: the setup's to fix.
+        print(f"relay: {error}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:  # before anything moved (the redrive loop handles its own)
+        return INTERRUPTED
+    return code
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def list_(args: argparse.Namespace, target: Target) -> int:
+    """``relay dlq list``: metadata only, never a body (bodies carry phone numbers)."""
+    selection = dlq.Selection(kind=args.kind, status=args.status)
+    letters = dlq.peek(target.sqs, target.need_dlq(), selection, args.limit)
+    letters.sort(key=lambda letter: letter.sent_at or datetime.min.replace(tzinfo=UTC))
+    now = datetime.now(UTC)
+    if args.json:
+        print(render.listing_json(letters, now))
+    elif letters:
+        print(render.listing(letters, now))
+    else:
+        print("no dead letters" + ("" if selection.everything else " match"))
+    return OK
+
+
+def show(args: argparse.Namespace, target: Target) -> int:
+    """``relay dlq show``: one dead letter, body and every attribute."""
+    letter = dlq.find(target.sqs, target.need_dlq(), args.message_id)
+    if letter is None:
+        print(f"relay: no dead letter {args.message_id}", file=sys.stderr)
+        return FAILED
+    print(render.detail(letter, datetime.now(UTC)))
+    return OK
+
+
+def redrive(args: argparse.Namespace, target: Target) -> int:
+    """``relay dlq redrive``: SQS's move task for --all on AWS, else receive, send, delete."""
+    dlq_url = target.need_dlq()
+    if args.status_of_task:
+        return _task_status(target, dlq_url)
+    queue_url = target.need_queue()
+    selection = dlq.Selection(kind=args.kind, status=args.status, ids=frozenset(args.ids or ()))
+    if args.all == (not selection.everything):
+        print("relay: say what to redrive: --all, or --kind / --status / --id", file=sys.stderr)
+        return USAGE
+    if not args.dry_run and not _confirmed(args, selection, target, dlq_url, queue_url):
+        return USAGE
+    if args.all and not args.dry_run and not args.no_move_task and not target.custom_endpoint:
+        try:
+            task = dlq.start_move_task(target.sqs, dlq_url, queue_url)
+        except dlq.MoveTaskUnsupported:
+            print("relay: no SQS move task here; moving the messages one by one", file=sys.stderr)
+        else:
+            approximate = dlq.approximate_count(target.sqs, dlq_url)
+            print(render.move_task(task, approximate, dlq_url))
+            return OK
+    return _redrive_loop(args, target, dlq_url, queue_url, selection)
+
+
+def _redrive_loop(
+    args: argparse.Namespace,
+    target: Target,
+    dlq_url: str,
+    queue_url: str,
+    selection: dlq.Selection,
+) -> int:
+    summary = dlq.RedriveSummary(dry_run=args.dry_run)
+    total = dlq.approximate_count(target.sqs, dlq_url)
+    bar = tqdm(
+        total=total or None,
+        unit="msg",
+        desc="dry run" if args.dry_run else "redrive",
+        file=sys.stderr,
+        disable=args.quiet or not sys.stderr.isatty(),
+    )
+    try:
+        dlq.redrive(target.sqs, dlq_url, queue_url, selection, summary, progress=bar.update)
+    except KeyboardInterrupt:
+        # Held messages are already visible again; what was sent but not deleted is redriven
+        # once more by the next run, and idempotency keeps it from being delivered twice.
+        summary.errors.append("interrupted: run the same command again to continue")
+    except (BotoCoreError, ClientError) as error:  # receiving stopped working part way
+        summary.errors.append(f"{error}; run the same command again to continue")
+    finally:
+        bar.close()
+    print(render.summary(summary))
+    for problem in summary.errors:
+        print(f"relay: {problem}", file=sys.stderr)
+    return OK if summary.ok and not summary.not_found else FAILED
+
+
+def _task_status(target: Target, dlq_url: str) -> int:
+    try:
+        entries = dlq.move_tasks(target.sqs, dlq_url)
+    except dlq.MoveTaskUnsupported:
+        print("relay: this endpoint has no SQS message move tasks", file=sys.stderr)
+        return USAGE
+    print(render.move_tasks(entries))
+    return OK
+
+
+def _confirmed(
+    args: argparse.Namespace,
+    selection: dlq.Selection,
+    target: Target,
+    dlq_url: str,
+    queue_url: str,
+) -> bool:
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        print("relay: not a terminal; pass --yes to redrive without asking", file=sys.stderr)
+        return False
+    what = "every dead letter" if selection.everything else "the matching dead letters"
+    count = dlq.approximate_count(target.sqs, dlq_url)
+    print(
+        f"Move {what} (of about {count}) from\n  {dlq_url}\nto\n  {queue_url}\n? [y/N] ",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+    if sys.stdin.readline().strip().lower() in {"y", "yes"}:
+        return True
+    print("relay: nothing moved", file=sys.stderr)
+    return False
+
+
+# --- arguments --------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="group", required=True, metavar="dlq")
+    group = commands.add_parser("dlq", help="inspect and redrive dead letters", allow_abbrev=False)
+    dlq_commands = group.add_subparsers(dest="command", required=True)
+    common = _common()
+
+    listing = dlq_commands.add_parser(
+        "list", parents=[common], allow_abbrev=False, help="list dead letters (metadata only)"
+    )
+    _filters(listing)
+    listing.add_argument("--limit", type=int, help="stop after this many")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    listing.set_defaults(run=list_)
+
+    showing = dlq_commands.add_parser(
+        "show", parents=[common], allow_abbrev=False, help="one dead letter, body included"
+    )
+    showing.add_argument("message_id", metavar="MESSAGE_ID")
+    showing.set_defaults(run=show)
+
+    redriving = dlq_commands.add_parser(
+        "redrive",
+        parents=[common],
+        allow_abbrev=False,
+        help="move dead letters back to the delivery queue",
+    )
+    redriving.add_argument("--all", action="store_true", help="every dead letter")
+    _filters(redriving)
+    redriving.add_argument(
+        "--id",
+        dest="ids",
+        nargs="+",
+        action="extend",
+        metavar="MESSAGE_ID",
+        help="these messages (repeatable)",
+    )
+    redriving.add_argument("--dry-run", action="store_true", help="count, move nothing")
+    redriving.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    redriving.add_argument("--quiet", action="store_true", help="no progress bar")
+    redriving.add_argument(
+        "--no-move-task",
+        action="store_true",
+        help="with --all, move message by message instead of with SQS's move task",
+    )
+    redriving.add_argument(
+        "--status-of-task",
+        action="store_true",
+        help="show the DLQ's recent SQS move tasks and exit",
+    )
+    redriving.set_defaults(run=redrive)
+    return parser
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    where = common.add_argument_group("queues (flags, then --stack, then the environment)")
+    where.add_argument("--stack", help="read the queue URLs from this CloudFormation stack")
+    where.add_argument("--dlq-url", help=f"the dead-letter queue (env {DLQ_ENV})")
+    where.add_argument("--queue-url", help=f"the delivery queue (env {QUEUE_ENV})")
+    where.add_argument("--region", help="AWS region (default: the AWS config's)")
+    where.add_argument(
+        "--endpoint-url",
+        help="an AWS stand-in such as make run's moto_server (or AWS_ENDPOINT_URL)",
+    )
+    return common
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kind", choices=dlq.KINDS, help="only this ErrorKind")
+    parser.add_argument("--status", type=int, help="only this ErrorStatus (provider HTTP status)")

@@ -1,0 +1,155 @@
+"""What the tool prints: tables for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mypy_boto3_sqs.type_defs import ListMessageMoveTasksResultEntryTypeDef
+
+    from relay_ops.dlq import DeadLetter, MoveTask, RedriveSummary
+
+ERROR_WIDTH = 80
+# E.164 numbers, or long bare digit runs: a provider's error text may quote the recipient.
+_PHONE = re.compile(r"\+[1-9]\d{6,14}\b|\b\d{10,15}\b")
+
+
+def mask_phone_numbers(text: str) -> str:
+    """``text`` with anything that looks like a phone number reduced to its last two digits."""
+    return _PHONE.sub(lambda found: "*" * (len(found.group()) - 2) + found.group()[-2:], text)
+
+
+def age(sent_at: datetime | None, now: datetime) -> str:
+    """A short age: ``45s``, ``12m``, ``3h``, ``2d``."""
+    if sent_at is None:
+        return "-"
+    seconds = max(0, int((now - sent_at).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _error(letter: DeadLetter) -> str:
+    return mask_phone_numbers(letter.attribute("ErrorMessage") or "")
+
+
+def listing(letters: Sequence[DeadLetter], now: datetime) -> str:
+    """A table of the dead letters' metadata; never their bodies."""
+    headings = ("MESSAGE ID", "KIND", "STATUS", "AGE", "RELAY ID", "ERROR")
+    rows = [
+        (
+            letter.message_id,
+            letter.kind or "-",
+            str(letter.status) if letter.status is not None else "-",
+            age(letter.sent_at, now),
+            letter.attribute("RelayId") or "-",
+            _error(letter)[:ERROR_WIDTH].replace("\n", " "),
+        )
+        for letter in letters
+    ]
+    table = [headings, *rows]
+    # The last column (the error) is left ragged: padding it would only add trailing blanks.
+    widths = [max(len(row[i]) for row in table) for i in range(len(headings) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
+        for row in table
+    )
+
+
+def listing_json(letters: Sequence[DeadLetter], now: datetime) -> str:
+    """The same metadata as JSON (one object per dead letter), for scripts."""
+    return json.dumps([_metadata(letter, now) for letter in letters], indent=2)
+
+
+def _metadata(letter: DeadLetter, now: datetime) -> dict[str, Any]:
+    sent_at = letter.sent_at
+    return {
+        "message_id": letter.message_id,
+        "kind": letter.kind,
+        "status": letter.status,
+        "error": _error(letter)[:ERROR_WIDTH],
+        "relay_id": letter.attribute("RelayId"),
+        "dead_lettered_at": sent_at.isoformat() if sent_at else None,
+        "age_seconds": int((now - sent_at).total_seconds()) if sent_at else None,
+    }
+
+
+def detail(letter: DeadLetter, now: datetime) -> str:
+    """Everything about one dead letter, its body included (what ``show`` is asked for)."""
+    sent_at = letter.sent_at
+    lines = [
+        f"MessageId: {letter.message_id}",
+        f"DeadLettered: {sent_at.isoformat() if sent_at else '-'} ({age(sent_at, now)} ago)",
+        f"ReceiveCount: {letter.system.get('ApproximateReceiveCount', '-')}",
+        "Attributes:",
+    ]
+    for name in sorted(letter.attributes):
+        value = letter.attributes[name]
+        shown = value.get("StringValue", value.get("BinaryValue", b"").hex())
+        lines.append(f"  {name} ({value['DataType']}): {shown}")
+    lines += ["Body:", letter.body]
+    return "\n".join(lines)
+
+
+def summary(done: RedriveSummary) -> str:
+    """The redrive's outcome in one line, and what to do about the rest."""
+    moved = "would move" if done.dry_run else "moved"
+    lines = [
+        f"{moved} {done.moved}, skipped {done.skipped} (filtered out, made visible again), "
+        f"failed {done.failed}"
+    ]
+    if done.not_deleted:
+        lines.append(
+            f"sent but still on the DLQ: {done.not_deleted} (run again to finish; the relay's "
+            "idempotency keeps them from being delivered twice)"
+        )
+    if done.parked_again:
+        lines.append(
+            f"dead-lettered again while redriving: {done.parked_again} (still failing: see "
+            "relay dlq list; left on the DLQ)"
+        )
+    if done.not_found:
+        lines.append(f"not found on the DLQ: {', '.join(done.not_found)}")
+    if done.dry_run:
+        lines.append("dry run: nothing was sent or deleted")
+    return "\n".join(lines)
+
+
+def move_task(task: MoveTask, approximate: int, dlq_url: str) -> str:
+    """What a started StartMessageMoveTask is, and how to follow it."""
+    return "\n".join(
+        [
+            f"started an SQS message move task for about {approximate} dead letters",
+            f"  task handle  {task.handle}",
+            f"  from         {task.source_arn}",
+            f"  to           {task.destination_arn}",
+            "follow it with:",
+            f"  relay dlq redrive --status-of-task --dlq-url {dlq_url}",
+            f"  aws sqs list-message-move-tasks --source-arn {task.source_arn}",
+        ]
+    )
+
+
+def move_tasks(entries: Sequence[ListMessageMoveTasksResultEntryTypeDef]) -> str:
+    """The DLQ's recent move tasks, newest first."""
+    if not entries:
+        return "no message move tasks for this queue"
+    lines = []
+    for entry in entries:
+        started = entry.get("StartedTimestamp")
+        when = datetime.fromtimestamp(started / 1000, UTC).isoformat() if started else "-"
+        moved = entry.get("ApproximateNumberOfMessagesMoved", 0)
+        total = entry.get("ApproximateNumberOfMessagesToMove", "?")
+        line = f"{entry.get('Status', '?'):<10} started {when}  moved {moved} of {total}"
+        if "TaskHandle" in entry:
+            line += f"  handle {entry['TaskHandle']}"
+        if "FailureReason" in entry:
+            line += f"  failure: {entry['FailureReason']}"
+        lines.append(line)
+    return "\n".join(lines)
