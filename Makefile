@@ -11,7 +11,7 @@ CHECKOV := $(CHECKOV_VENV)/bin/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint typecheck validate security build deploy clean
+.PHONY: help setup run test lint typecheck validate security reliability soak build deploy clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -49,7 +49,13 @@ security: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint and checkov over template.yaml (
 		--framework cloudformation --file template.yaml --quiet --compact
 
 test: lint typecheck validate security ## lint, types, template, security scan and every test
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile  # two workers: the whole-stack tests wait on I/O
+
+reliability: $(STAMP) ## 2,000 messages under seeded faults; prints docs/reliability.md's table
+	$(BIN)/python -m tests.reliability.harness --messages 2000 --seed 7
+
+soak: $(STAMP) ## the same with 50,000 messages (about 45 minutes)
+	$(BIN)/python -m tests.reliability.harness --messages 50000 --seed 7
 
 build: $(STAMP) ## sam build for python3.13/arm64 without a container
 	$(BIN)/sam build

@@ -104,6 +104,8 @@ def _json(
     return Response(
         status_code=status,
         content_type="application/json",
-        body=json.dumps(body, ensure_ascii=False),
+        # ASCII-escaped: a 422 can name a caller's field, and a field name may be a lone
+        # surrogate (legal as a JSON escape) that UTF-8 cannot carry.
+        body=json.dumps(body),
         headers=headers,
     )

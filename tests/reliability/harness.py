@@ -62,6 +62,7 @@ SPEED = {
     "REDELIVERY_BASE_SECONDS": "1",
     "REDELIVERY_MAX_SECONDS": "2",
     "POWERTOOLS_LOG_LEVEL": "ERROR",
+    "POWERTOOLS_METRICS_DISABLED": "true",  # thousands of EMF lines would only be noise here
 }
 
 

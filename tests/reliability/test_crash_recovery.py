@@ -21,7 +21,7 @@ from tests.conftest import API_KEY, SIGNING_SECRET, TOKENS, WORKSPACE
 
 pytestmark = pytest.mark.slow
 
-LAMBDA_TIMEOUT_S = 15  # the worker's; in-progress idempotency records expire with it
+LAMBDA_TIMEOUT_S = 20  # the worker's; in-progress idempotency records expire with it
 # The queue's visibility timeout, at least the function's timeout (as SQS event sources
 # require; the template uses six times): shortened from 360 s so the test does not wait.
 VISIBILITY_S = LAMBDA_TIMEOUT_S
@@ -42,7 +42,7 @@ def stack(monkeypatch):
     boto3.client("sqs").set_queue_attributes(
         QueueUrl=made.queue_url, Attributes={"VisibilityTimeout": str(VISIBILITY_S)}
     )
-    sandbox = ProviderSandbox("lancepilot", token=TOKENS["lancepilot"], latency=0.3).start()
+    sandbox = ProviderSandbox("lancepilot", token=TOKENS["lancepilot"], latency=0.6).start()
     env = {
         **os.environ,
         "PROVIDER_TOKENS_SECRET": made.tokens_secret,
@@ -90,15 +90,19 @@ def test_a_killed_worker_loses_nothing_and_resends_only_what_was_in_flight(stack
         sqs.send_message(QueueUrl=made.queue_url, MessageBody=json.dumps(body))
 
     first = worker(env)
-    while len(sandbox.received) < 4:  # two rounds done, the third in flight
-        time.sleep(0.01)
+    dynamodb = boto3.client("dynamodb")
+    while True:  # some sends done, some in flight: the moment to pull the plug
+        statuses = [i["status"]["S"] for i in dynamodb.scan(TableName=made.table)["Items"]]
+        if statuses.count("COMPLETED") >= 2 and "INPROGRESS" in statuses:
+            break
+        time.sleep(0.02)
     first.send_signal(signal.SIGKILL)  # no cleanup, no deletes, no idempotency updates
     first.wait()
     killed_at = time.time()
     answered_before_kill = len(sandbox.received)
 
     # The records of sends in flight are still INPROGRESS, expiring with the Lambda's time.
-    items = boto3.client("dynamodb").scan(TableName=made.table)["Items"]
+    items = dynamodb.scan(TableName=made.table)["Items"]
     in_progress = [i for i in items if i["status"]["S"] == "INPROGRESS"]
     assert in_progress, "the kill should have caught sends in flight"
     for item in in_progress:
@@ -123,5 +127,5 @@ def test_a_killed_worker_loses_nothing_and_resends_only_what_was_in_flight(stack
     duplicated = [tag for tag, count in counts.items() if count > 1]
     # Only sends in flight at the kill (at most one round per the concurrency limit) repeat.
     assert len(duplicated) <= CONCURRENCY, counts
-    assert answered_before_kill >= 4
+    assert answered_before_kill >= 2
     assert sqs.receive_message(QueueUrl=made.dlq_url).get("Messages") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -35,7 +36,7 @@ class Queues:
         try:
             sent = self._sqs.send_message(
                 QueueUrl=self.delivery_url,
-                MessageBody=body,
+                MessageBody=sqs_safe(body),
                 MessageAttributes={k: _string(v) for k, v in attributes.items()},
             )
         except (BotoCoreError, ClientError):
@@ -79,5 +80,18 @@ class Queues:
         )
 
 
+# Characters SQS refuses in a body or an attribute value (its allowed set, inverted).
+_SQS_REFUSES = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def sqs_safe(text: str) -> str:
+    """``text`` with the characters SQS refuses written as ``\\uXXXX`` escapes.
+
+    In a JSON body this is the same JSON (such characters can only stand inside strings);
+    in an attribute (a key, a reason naming a caller's field) it keeps the send from failing.
+    """
+    return _SQS_REFUSES.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def _string(value: str) -> Any:
-    return {"DataType": "String", "StringValue": value}
+    return {"DataType": "String", "StringValue": sqs_safe(value)}

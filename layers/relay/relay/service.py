@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,10 +18,6 @@ if TYPE_CHECKING:
     from relay.idempotency import Idempotency
     from relay.message import Message
     from relay.queues import Queues
-
-
-# Characters outside what SQS accepts in a message body.
-_SQS_REFUSES = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 @dataclass(frozen=True)
@@ -89,10 +84,7 @@ class MessageService:
         attributes = {"RelayId": relay_id}
         if key is not None:
             attributes["IdempotencyKey"] = key
-        # SQS refuses a few characters JSON allows raw (U+FFFE, U+FFFF): escape just those,
-        # which leaves the same JSON (they can only stand inside strings).
-        text = _SQS_REFUSES.sub(lambda m: f"\\u{ord(m.group()):04x}", body.decode("utf-8"))
-        message_id = self._queues.enqueue(text, attributes)
+        message_id = self._queues.enqueue(body.decode("utf-8"), attributes)
         logger.info(
             "message queued",
             extra={

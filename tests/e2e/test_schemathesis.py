@@ -1,0 +1,174 @@
+"""docs/openapi.yaml against `make run`'s stack: schemathesis generates requests from the document.
+
+Positive cases (bodies and headers the document allows), negative cases (bodies and headers it
+does not) and unauthenticated cases all go over real HTTP to `python -m relay_local`. Every
+answer must be a documented status with a conforming JSON body and headers, and never a 5xx.
+A generated message that is also valid for libphonenumber is delivered to the sandbox provider
+(201) or queued (202): that is fine, the sandbox checks it against the provider's document.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import schemathesis
+import urllib3
+import yaml
+from hypothesis import HealthCheck, event, given, settings
+from openapi_schema_validator import OAS31Validator, oas31_format_checker
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from relay_local.stack import DEV_API_KEY
+from tests.conftest import REPO
+from tests.property import examples
+
+pytestmark = pytest.mark.slow
+
+DOCUMENT = REPO / "docs" / "openapi.yaml"
+SCHEMA = schemathesis.openapi.from_path(DOCUMENT)
+OPERATION = SCHEMA["/v1/messages"]["POST"]
+AUTH = {"Authorization": f"Bearer {DEV_API_KEY}"}
+CONFORMANCE = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+# Bounded and reproducible: the same cases on every run, well under a minute in all.
+BOUNDED = settings(
+    max_examples=examples(60),
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def relay_url():
+    """`python -m relay_local` as `make run` starts it, on free ports (sandbox providers too)."""
+    port, moto_port, lancepilot_port, fluents_port = (_free_port() for _ in range(4))
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LANCEPILOT", "FLUENTS"))
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relay_local",
+            "--port",
+            str(port),
+            "--moto-port",
+            str(moto_port),
+            "--sandbox-ports",
+            str(lancepilot_port),
+            str(fluents_port),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: collections.deque[str] = collections.deque(maxlen=200)  # kept for a failed start
+    threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError("the local relay did not start:\n" + "".join(output)) from None
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_the_document_is_valid_openapi_3_1():
+    validator = pytest.importorskip("openapi_spec_validator")
+    document = yaml.safe_load(DOCUMENT.read_text(encoding="utf-8"))
+
+    validator.validate(document)
+
+    # Its own examples are valid messages by its own schema.
+    body = document["paths"]["/v1/messages"]["post"]["requestBody"]["content"]["application/json"]
+    message = {**document["components"]["schemas"]["Message"], "components": document["components"]}
+    check = OAS31Validator(message, format_checker=oas31_format_checker)
+    for example in body["examples"].values():
+        check.validate(example["value"])
+
+
+@given(case=OPERATION.as_strategy())
+@BOUNDED
+def test_documented_requests_get_documented_answers(relay_url, case):
+    response = case.call_and_validate(base_url=relay_url, headers=AUTH, checks=CONFORMANCE)
+
+    event(f"status {response.status_code}")
+    assert response.status_code in {201, 202, 409, 422}, response.text
+
+
+@given(case=OPERATION.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+@BOUNDED
+def test_undocumented_requests_are_refused_as_documented(relay_url, case):
+    response = case.call_and_validate(
+        base_url=relay_url, headers=AUTH, checks=[*CONFORMANCE, negative_data_rejection]
+    )
+
+    event(f"status {response.status_code}")
+    assert response.status_code < 500, response.text
+
+
+@given(case=OPERATION.as_strategy())
+@settings(BOUNDED, max_examples=examples(25))
+def test_without_credentials_every_request_is_401(relay_url, case):
+    for name in list(case.headers or {}):
+        if name.lower() in ("authorization", "webhook-signature"):
+            del case.headers[name]
+
+    response = case.call_and_validate(base_url=relay_url, checks=CONFORMANCE)
+
+    assert response.status_code == 401, response.text
+    assert response.json()["message"].startswith("not authenticated")
+    [challenge] = response.headers["www-authenticate"]
+    assert challenge.startswith("Bearer")
+
+
+def test_an_unknown_field_named_with_a_lone_surrogate_is_answered_422_over_http(relay_url):
+    """The 422 names the field; written ASCII-escaped, the answer is valid UTF-8 on the wire."""
+    http = urllib3.PoolManager(retries=False, timeout=10)
+    body = b'{"provider": "fluents", "to": "+14155550123", "text": "hi", "\\ud800": 1}'
+
+    answer = http.request(
+        "POST",
+        f"{relay_url}/v1/messages",
+        body=body,
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+
+    assert answer.status == 422
+    assert answer.json()["errors"]["\ud800"] == ["unknown field"]

@@ -1,0 +1,181 @@
+"""Replays and signatures: a signed request is delivered once, stale or forged ones never, and
+every secret comparison is constant-time."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import time
+import uuid
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relay import auth
+from relay.auth import TOLERANCE_SECONDS, AuthKeys, authenticate, sign
+from relay.errors import Unauthenticated
+from tests.conftest import API_KEY, SECOND_SIGNING_SECRET, SIGNING_SECRET, lancepilot_message
+from tests.property import examples
+from tests.property.strategies import clean_text, signature_headers
+
+KEYS = AuthKeys.from_secret(
+    {"api_keys": [API_KEY], "signing_secrets": [SIGNING_SECRET, SECOND_SIGNING_SECRET]}
+)
+NOW = 1_795_453_200
+FAST = settings(max_examples=examples(200), deadline=None)
+HANDLER = settings(
+    max_examples=examples(15),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def signed_at(body: bytes, timestamp: int, msg_id: str = "msg_1", secret: str = SIGNING_SECRET):
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+    }
+
+
+def accepted(headers: dict[str, str], body: bytes, now: float = NOW) -> bool:
+    try:
+        return authenticate(headers, body, KEYS, now=now) == "signature"
+    except Unauthenticated:
+        return False
+
+
+# --- over the handler --------------------------------------------------------------------------
+
+
+@given(text=clean_text, async_=st.booleans())
+@HANDLER
+def test_a_signed_request_sent_twice_is_delivered_once(webhook, lancepilot, text, async_):
+    lancepilot.reset()
+    msg_id = f"msg_{uuid.uuid4().hex}"  # a fresh one: a webhook-id reused for another body is 422
+    body = json.dumps(lancepilot_message(text=text)).encode()
+    headers = {"content-type": "application/json", **signature_headers(body, msg_id=msg_id)}
+    if async_:
+        headers["prefer"] = "respond-async"
+
+    first = webhook.post(raw=body, headers=headers)
+    again = webhook.post(raw=body, headers=headers)
+
+    assert first.status == again.status == (202 if async_ else 201)
+    assert again.json == first.json
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert len(lancepilot.received) == (0 if async_ else 1)  # queued: the poller would send it
+
+
+@given(
+    age=st.integers(TOLERANCE_SECONDS + 1, 10**9) | st.integers(-(10**9), -TOLERANCE_SECONDS - 1)
+)
+@HANDLER
+def test_a_signature_outside_five_minutes_is_refused_401(webhook, lancepilot, age):
+    lancepilot.reset()
+    body = json.dumps(lancepilot_message()).encode()
+    headers = {"content-type": "application/json", **signature_headers(body, age=age)}
+
+    answer = webhook.post(raw=body, headers=headers)
+
+    assert answer.status == 401
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+    assert lancepilot.received == []
+
+
+# --- auth.authenticate, with a fixed clock -------------------------------------------------------
+
+
+@given(body=st.binary(max_size=200), skew=st.integers(-TOLERANCE_SECONDS, TOLERANCE_SECONDS))
+@FAST
+def test_a_signature_within_the_tolerance_is_accepted(body, skew):
+    assert accepted(signed_at(body, NOW + skew), body)
+
+
+@given(
+    body=st.binary(max_size=200),
+    skew=st.integers(TOLERANCE_SECONDS + 1, 10**11),
+    sign_=st.sampled_from([1, -1]),
+)
+@FAST
+def test_a_signature_outside_the_tolerance_is_refused(body, skew, sign_):
+    assert not accepted(signed_at(body, NOW + sign_ * skew), body)
+
+
+@given(body=st.binary(min_size=1, max_size=200), data=st.data())
+@FAST
+def test_any_change_to_the_signed_content_is_refused(body, data):
+    headers = signed_at(body, NOW)
+    part = data.draw(st.sampled_from(["body", "id", "timestamp", "signature"]))
+    if part == "body":
+        index = data.draw(st.integers(0, len(body) - 1))
+        body = body[:index] + bytes([body[index] ^ 1]) + body[index + 1 :]
+    elif part == "id":
+        headers["webhook-id"] += data.draw(st.text(min_size=1, max_size=3))
+    elif part == "timestamp":
+        headers["webhook-timestamp"] = str(NOW + data.draw(st.integers(1, 60)))
+    else:
+        signature = headers["webhook-signature"]
+        index = data.draw(st.integers(3, len(signature) - 2))  # leave the "=" padding alone
+        swapped = "A" if signature[index] != "A" else "B"
+        headers["webhook-signature"] = signature[:index] + swapped + signature[index + 1 :]
+
+    assert not accepted(headers, body)
+
+
+def test_a_signature_made_with_a_retired_or_foreign_secret_is_refused():
+    body = b"{}"
+    foreign = "whsec_" + "c29tZW9uZS1lbHNlcy1zZWNyZXQ="
+    assert accepted(signed_at(body, NOW, secret=SECOND_SIGNING_SECRET), body)
+    assert not accepted(signed_at(body, NOW, secret=foreign), body)
+
+
+# --- constant-time comparisons -------------------------------------------------------------------
+
+
+def test_secrets_are_compared_with_hmac_compare_digest_only():
+    source = inspect.getsource(auth)
+    tree = ast.parse(source)
+    compared = {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+    }
+    assert "compare_digest" in compared
+
+    # No == or != anywhere near a key, a token, a signature or a digest.
+    secret_names = ("key", "token", "candidate", "sig", "offered", "expected", "mac", "digest")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and any(
+            isinstance(op, ast.Eq | ast.NotEq | ast.Is | ast.IsNot) for op in node.ops
+        ):
+            text = ast.get_source_segment(source, node) or ""
+            assert not any(name in text.lower() for name in secret_names), (
+                f"non-constant-time comparison in relay/auth.py: {text}"
+            )
+
+
+def test_every_key_is_compared_so_timing_does_not_tell_which_matched(monkeypatch):
+    calls = []
+    real = auth.hmac.compare_digest
+
+    def counting(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", counting)
+    keys = AuthKeys.from_secret({"api_keys": [API_KEY, "second-key", "third-key"]})
+
+    authenticate({"authorization": f"Bearer {API_KEY}"}, b"", keys)
+
+    assert len(calls) == 3  # no early exit on the first match
+
+
+def test_timestamps_are_checked_before_any_hmac_work_is_trusted():
+    body = b"{}"
+    now = time.time()
+    headers = signed_at(body, int(now))
+    headers["webhook-timestamp"] = "١٢٣"  # Arabic-Indic digits: isdigit() but not ASCII
+    assert not accepted(headers, body, now=now)
