@@ -49,12 +49,12 @@ security: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint and checkov over template.yaml (
 		--framework cloudformation --file template.yaml --quiet --compact
 
 test: lint typecheck validate security ## lint, types, template, security scan and every test
-	$(BIN)/pytest -n 2 --dist loadfile  # two workers: the whole-stack tests wait on I/O
+	$(BIN)/pytest -n 2 --dist loadgroup  # two workers; the reliability tests share one
 
 reliability: $(STAMP) ## 2,000 messages under seeded faults; prints docs/reliability.md's table
 	$(BIN)/python -m tests.reliability.harness --messages 2000 --seed 7
 
-soak: $(STAMP) ## the same with 50,000 messages (about 45 minutes)
+soak: $(STAMP) ## the same with 50,000 messages (long: about 40 minutes by extrapolation)
 	$(BIN)/python -m tests.reliability.harness --messages 50000 --seed 7
 
 build: $(STAMP) ## sam build for python3.13/arm64 without a container

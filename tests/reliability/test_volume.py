@@ -7,7 +7,8 @@ import pytest
 
 from tests.reliability.harness import run
 
-pytestmark = pytest.mark.slow
+# Alone on one xdist worker with the crash test: they load the machine, and share nothing.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliability")]
 
 MESSAGES = 2000  # `make soak` runs 50,000 with the same harness
 SEED = 7
@@ -19,7 +20,7 @@ def test_nothing_is_lost_and_nothing_is_sent_twice_without_cause():
     print("\n" + report.table())
     assert report.lost == []
     assert report.unexplained_duplicates == []
-    assert sum(report.states.values()) == MESSAGES  # each message in exactly one end state
+    assert report.violations == []  # every request the relay made followed the provider's spec
     assert sum(report.entry.values()) == MESSAGES
     assert set(report.dead_letter_kinds) <= {"invalid", "permanent", "exhausted"}
     # The faults really happened, through both entry points.

@@ -205,9 +205,12 @@ class QueueWorker:
         }
         try:
             self._queues.dead_letter(queued.body, reason, queued.attributes)
-        except Exception:
+        except Exception as error:
             # Never delete a message without a home: hand it back, it will come round again.
-            logger.error("could not dead-letter; handing the message back")
+            logger.error(
+                "could not dead-letter; handing the message back",
+                extra={"error": type(error).__name__},
+            )
             raise Redeliver("dead_letter_failed", self.backoff(1)) from None
         provider = message.provider if message is not None else None
         outcomes.count("MessagesFailed", provider, ("Reason", PARKED_REASON[kind]))
