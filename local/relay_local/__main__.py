@@ -53,6 +53,8 @@ def main() -> None:
         on_provider_request=show,
     ).start()
     env = stack.env
+    # For tools and tests that start this with port 0: where everything ended up.
+    print(f"READY relay={stack.url} moto={os.environ['AWS_ENDPOINT_URL']}", flush=True)
     providers = {
         name: env[f"{name.upper()}_API_URL"] + ("  (sandbox)" if name in stack.sandboxes else "")
         for name in ("lancepilot", "fluents")

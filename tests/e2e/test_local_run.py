@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -17,14 +14,9 @@ import urllib3
 from relay.auth import sign
 from relay_local.stack import DEV_API_KEY, DEV_SIGNING_SECRET
 from tests.conftest import REPO
+from tests.e2e import local_stack
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Running:
@@ -69,47 +61,10 @@ class Running:
 
 @pytest.fixture(scope="module")
 def local_relay():
-    """`python -m relay_local`, as `make run` starts it, on free ports."""
-    ports = {name: free_port() for name in ("PORT", "MOTO_PORT")}
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LANCEPILOT", "FLUENTS"))
-    }
-    env.update({name: str(port) for name, port in ports.items()})
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "relay_local",
-            "--port",
-            str(ports["PORT"]),
-            "--moto-port",
-            str(ports["MOTO_PORT"]),
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(
-        target=lambda: [lines.put(line) for line in process.stdout], daemon=True
-    ).start()
-    url = f"http://127.0.0.1:{ports['PORT']}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", ports["PORT"]), timeout=0.2).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = "".join(lines.queue)
-                process.kill()
-                raise AssertionError(f"make run's relay did not start:\n{output}") from None
-            time.sleep(0.1)
-    yield Running(url, lines, ports["MOTO_PORT"])
-    process.terminate()
-    process.wait(timeout=10)
+    """`python -m relay_local`, as `make run` starts it, on ports it picks itself."""
+    relay = local_stack.start()
+    yield Running(relay.url, relay.lines, relay.moto_port)
+    relay.stop()
 
 
 def test_the_readme_curl_is_delivered_by_the_sandbox(local_relay):

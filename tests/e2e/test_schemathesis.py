@@ -9,14 +9,6 @@ A generated message that is also valid for libphonenumber is delivered to the sa
 
 from __future__ import annotations
 
-import collections
-import os
-import socket
-import subprocess
-import sys
-import threading
-import time
-
 import pytest
 import schemathesis
 import urllib3
@@ -35,6 +27,7 @@ from schemathesis.specs.openapi.checks import (
 
 from relay_local.stack import DEV_API_KEY
 from tests.conftest import REPO
+from tests.e2e import local_stack
 from tests.property import examples
 
 pytestmark = pytest.mark.slow
@@ -60,53 +53,12 @@ BOUNDED = settings(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def relay_url():
-    """`python -m relay_local` as `make run` starts it, on free ports (sandbox providers too)."""
-    port, moto_port, lancepilot_port, fluents_port = (_free_port() for _ in range(4))
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LANCEPILOT", "FLUENTS"))
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "relay_local",
-            "--port",
-            str(port),
-            "--moto-port",
-            str(moto_port),
-            "--sandbox-ports",
-            str(lancepilot_port),
-            str(fluents_port),
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: collections.deque[str] = collections.deque(maxlen=200)  # kept for a failed start
-    threading.Thread(target=lambda: output.extend(process.stdout), daemon=True).start()
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError("the local relay did not start:\n" + "".join(output)) from None
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
+    """`python -m relay_local` as `make run` starts it, on ports it picks itself."""
+    relay = local_stack.start()
+    yield relay.url
+    relay.stop()
 
 
 def test_the_document_is_valid_openapi_3_1():
