@@ -2,7 +2,8 @@
 
 Reading holds each received message invisible (``HOLD_SECONDS``) until the scan ends, then makes
 it visible again at once: the hold is what lets a scan see every message exactly once and stop,
-and it is also the safety net, since a crashed scan's messages come back by themselves.
+and it is also the safety net, since a crashed scan's messages come back by themselves. A scan
+that outlasts its hold doubles it (up to SQS's 12 hours) each time a held message comes round.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 KINDS = ("invalid", "permanent", "exhausted")
 HOLD_SECONDS = 30
+MAX_HOLD_SECONDS = 12 * 60 * 60  # SQS's longest visibility timeout
 BATCH = 10  # SQS's most per receive and per batch call
 MAX_BATCH_BYTES = 256 * 1024  # SQS's batch payload limit (the older, smaller one: safe anywhere)
 ERROR_PREFIX = "Error"  # ErrorKind, ErrorStatus, ErrorMessage: this dead-lettering's reason
@@ -136,10 +138,10 @@ class Scan:
     error or Ctrl-C (and if even that fails, the hold runs out by itself).
     """
 
-    def __init__(self, sqs: SQSClient, url: str, hold_seconds: int = HOLD_SECONDS) -> None:
+    def __init__(self, sqs: SQSClient, url: str, hold_seconds: int | None = None) -> None:
         self._sqs = sqs
         self._url = url
-        self._hold = hold_seconds
+        self._hold = hold_seconds or HOLD_SECONDS
         self._seen: set[str] = set()
         self._held: dict[str, str] = {}  # message id -> latest receipt handle
 
@@ -155,16 +157,20 @@ class Scan:
         self.release()
 
     def __iter__(self) -> Iterator[list[DeadLetter]]:
-        """Batches of dead letters not seen before in this scan, until none are left."""
+        """Batches of dead letters not seen before in this scan, until none are left visible."""
         while received := self._receive():
             for letter in received:
                 self._held[letter.message_id] = letter.receipt_handle
             fresh = [letter for letter in received if letter.message_id not in self._seen]
-            if not fresh:
-                # Only messages seen already: their hold ran out, so everything has come round.
-                return
-            self._seen.update(letter.message_id for letter in fresh)
-            yield fresh
+            if len(fresh) < len(received):
+                # A hold ran out before the scan ended: the queue is longer than one hold can
+                # cover. Stopping here would skip the messages not yet seen, so carry on; the
+                # receive has just held the seen ones again, and a longer hold from now on
+                # means they stop coming round and the scan ends.
+                self._hold = min(self._hold * 2, MAX_HOLD_SECONDS)
+            if fresh:
+                self._seen.update(letter.message_id for letter in fresh)
+                yield fresh
 
     def forget(self, letters: Sequence[DeadLetter]) -> None:
         """Stop holding ``letters`` (deleted: there is nothing to make visible)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from relay_local.sandbox import Fault
+from relay_ops import dlq
 from relay_ops.cli import main
 from tests.conftest import lancepilot_message
 
@@ -222,6 +224,31 @@ def test_list_filters_limits_and_speaks_json(relay, queues, three):
 
 def test_list_of_an_empty_queue(relay):
     assert relay("list")[:2] == (0, "no dead letters\n")
+
+
+def test_a_queue_longer_than_one_hold_is_scanned_to_the_end(relay, queues, monkeypatch):
+    # A 1 s hold and slow receives: the first messages come round again long before the end.
+    monkeypatch.setattr(dlq, "HOLD_SECONDS", 1)
+    parked = {
+        park(queues, lancepilot_message(), "exhausted", 503, relay_id=f"relay-{n}")
+        for n in range(40)
+    }
+    receives = intercept(monkeypatch, "ReceiveMessage", lambda params: time.sleep(0.3))
+
+    code, out, _ = relay("list", "--json")
+
+    assert code == 0
+    listed = [entry["message_id"] for entry in json.loads(out)]
+    assert sorted(listed) == sorted(parked)  # every one, each once
+    assert max(params["VisibilityTimeout"] for params in receives) > 1  # the hold grew
+    assert visible(queues, queues.dlq_url) == 40
+
+    code, out, _ = relay("redrive", "--kind", "exhausted", "--yes")
+
+    assert code == 0
+    assert "moved 40" in out
+    assert visible(queues, queues.dlq_url) == 0
+    assert len(take_all(queues, queues.queue_url)) == 40
 
 
 # --- show ----------------------------------------------------------------------------------------
