@@ -514,6 +514,11 @@ class _Handler(BaseHTTPRequestHandler):
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         try:
             body = self._read_body()
+        except EOFError:
+            # The client went away mid-request (killed, or gave up): a server never sees such a
+            # request as received, so neither does the sandbox.
+            self.close_connection = True
+            return
         except ValueError:
             self.close_connection = True
             violation = f"{sandbox.provider}: {self.command} {self.path}: malformed body framing"
@@ -563,7 +568,7 @@ class _Handler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             chunks = []
             while size := int(self.rfile.readline().split(b";")[0], 16):  # ValueError if bad
-                chunks.append(self.rfile.read(size))
+                chunks.append(self._read_exactly(size))
                 self.rfile.readline()
             while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                 pass  # trailers
@@ -571,7 +576,13 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length < 0:
             raise ValueError("negative Content-Length")
-        return self.rfile.read(length)
+        return self._read_exactly(length)
+
+    def _read_exactly(self, size: int) -> bytes:
+        data = self.rfile.read(size)
+        if len(data) < size:
+            raise EOFError(f"{len(data)} of {size} bytes, then the connection closed")
+        return data
 
     def _send(self, answer: _Answer, drip: float = 0.0) -> None:
         headers = answer.headers
