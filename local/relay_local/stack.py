@@ -56,13 +56,7 @@ class DevStack:
     def start(self) -> DevStack:
         # moto_server in its own process: AWS calls then run on the other core, not under
         # this process's GIL with the handlers and the sandbox providers.
-        moto_port = self.moto_port or _free_port(self.host)
-        self._moto = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(moto_port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        _wait_for_port(self.host, moto_port, self._moto)
+        self._moto, moto_port = start_moto_server(self.host, self.moto_port)
         aws = {
             "AWS_ENDPOINT_URL": f"http://{self.host}:{moto_port}",
             "AWS_ACCESS_KEY_ID": "local",
@@ -143,6 +137,23 @@ class DevStack:
         if self._moto is not None:
             self._moto.terminate()
             self._moto.wait(timeout=10)
+
+
+def start_moto_server(host: str, port: int = 0) -> tuple[subprocess.Popen[bytes], int]:
+    """moto_server in a process of its own, listening; and its port (``0``: a free one)."""
+    port = port or _free_port(host)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(host, port, process)
+    except RuntimeError:
+        process.kill()
+        process.wait()
+        raise
+    return process, port
 
 
 def _wait_for_port(host: str, port: int, process: subprocess.Popen[bytes]) -> None:
