@@ -12,7 +12,6 @@ from typing import Any
 
 import boto3
 import pytest
-from aws_lambda_powertools.utilities import parameters
 from moto import mock_aws
 
 from relay_local import resources
@@ -92,7 +91,6 @@ class Aws:
 @pytest.fixture
 def aws() -> Any:
     """moto in-process: the secrets, queues and table, built from template.yaml's properties."""
-    parameters.clear_caches()
     with mock_aws():
         auth = {
             "api_keys": [API_KEY, SECOND_API_KEY],
@@ -109,7 +107,6 @@ def aws() -> Any:
             table=made.table,
             max_receive_count=made.max_receive_count,
         )
-    parameters.clear_caches()
 
 
 @pytest.fixture

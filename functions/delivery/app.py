@@ -6,12 +6,6 @@ import base64
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.utilities.batch import (
-    AsyncBatchProcessor,
-    EventType,
-    async_process_partial_response,
-)
-
 from relay.batch import BatchRun
 from relay.config import PROVIDERS
 from relay.observability import logger, metrics, outcomes, tracer
@@ -19,19 +13,16 @@ from relay.queue_worker import QueuedMessage
 from relay.runtime import Relay
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
     from aws_lambda_powertools.utilities.typing import LambdaContext
     from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef
-
-    from relay.queue_worker import Outcome
 
 relay = Relay.from_env()
 worker = relay.worker()
 # Sends block on the network: threads carry them, at most the per-provider limit each.
 executor = ThreadPoolExecutor(max_workers=relay.settings.provider_concurrency * len(PROVIDERS))
-# A batch where every record failed is still answered with its list, not an exception.
-processor = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 @logger.inject_lambda_context
@@ -40,21 +31,15 @@ processor = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     relay.idempotency.start_invocation(context)
     run = BatchRun(worker, relay.settings, executor, context.get_remaining_time_in_millis)
-
-    async def record_handler(record: SQSRecord) -> Outcome:
-        return await run(_queued(record))
-
     try:
-        return async_process_partial_response(
-            event=event, record_handler=record_handler, processor=processor, context=context
-        )
+        return run.partial_response(event.get("Records") or [], _queued)
     finally:
         outcomes.flush()
 
 
-def _queued(record: SQSRecord) -> QueuedMessage:
+def _queued(record: Mapping[str, Any]) -> QueuedMessage:
     attributes: dict[str, MessageAttributeValueTypeDef] = {}
-    for name, value in (record.raw_event.get("messageAttributes") or {}).items():
+    for name, value in (record.get("messageAttributes") or {}).items():
         attribute: MessageAttributeValueTypeDef = {"DataType": value.get("dataType", "String")}
         if value.get("stringValue") is not None:
             attribute["StringValue"] = value["stringValue"]
@@ -62,9 +47,9 @@ def _queued(record: SQSRecord) -> QueuedMessage:
             attribute["BinaryValue"] = base64.b64decode(value["binaryValue"])
         attributes[name] = attribute
     return QueuedMessage(
-        message_id=record.message_id,
-        receipt_handle=record.receipt_handle,
-        body=record.body or "",
+        message_id=record["messageId"],
+        receipt_handle=record["receiptHandle"],
+        body=record.get("body") or "",
         attributes=attributes,
-        receive_count=int(record.attributes.approximate_receive_count or 1),
+        receive_count=int((record.get("attributes") or {}).get("ApproximateReceiveCount") or 1),
     )

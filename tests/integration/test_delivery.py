@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import boto3
 import pytest
 
 from relay_local.esm import EventSourceMapping, event_record
@@ -436,3 +437,30 @@ def test_a_redriven_dead_letter_keeps_only_its_new_reason(delivery, aws, lancepi
     assert attribute(second, "ErrorKind") == "permanent"
     assert attribute(second, "ErrorStatus") == "422"
     assert "gave up" not in attribute(second, "ErrorMessage")
+
+
+def test_a_cold_batch_reads_the_provider_tokens_once(relay_env, aws, lancepilot, fluents):
+    # Ten sends start together on a cold cache: one GetSecretValue, not one per thread.
+    if boto3.DEFAULT_SESSION is None:
+        boto3.setup_default_session()
+    events = boto3.DEFAULT_SESSION.events  # clients made from here on (the handler's) emit here
+    asked: list[str] = []
+
+    def count(params: dict, **_: object) -> None:
+        asked.append(params["SecretId"])
+        time.sleep(0.05)  # Secrets Manager over a network, not moto in-process
+
+    events.register("before-parameter-build.secrets-manager.GetSecretValue", count)
+    try:
+        handler = load_function("delivery").lambda_handler
+        delivery = EventSourceMapping(aws.sqs, aws.queue_url, handler, wait_seconds=0)
+        for i in range(5):
+            send(aws, lancepilot_message(text=f"lp {i}"))
+            send(aws, fluents_message(text=f"fl {i}"))
+
+        result = delivery.poll_once()
+    finally:
+        events.unregister("before-parameter-build.secrets-manager.GetSecretValue", count)
+
+    assert (result.received, result.failed) == (10, [])
+    assert asked == ["webhook-relay/provider-tokens"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     import boto3
+    from mypy_boto3_sqs.client import SQSClient
     from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef
 
 MAX_ATTRIBUTES = 10  # SQS's limit per message
@@ -28,7 +30,19 @@ class Queues:
     ) -> None:
         self.delivery_url = delivery_url
         self.dead_letter_url = dead_letter_url
-        self._sqs = session.client("sqs", config=FAST_FAIL)
+        # Created on first use: most invocations never touch SQS (a sync webhook request, a
+        # batch that all delivers), and a client costs its service model at init.
+        self._session = session
+        self._client: SQSClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def _sqs(self) -> SQSClient:
+        if self._client is None:
+            with self._lock:  # boto3 sessions are not thread-safe: one creation at a time
+                if self._client is None:
+                    self._client = self._session.client("sqs", config=FAST_FAIL)
+        return self._client
 
     def enqueue(self, body: str, attributes: Mapping[str, str]) -> str:
         """Put a message on the delivery queue; its SQS message id."""
@@ -81,7 +95,7 @@ class Queues:
 
 
 # Characters SQS refuses in a body or an attribute value (its allowed set, inverted).
-_SQS_REFUSES = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_SQS_REFUSES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def sqs_safe(text: str) -> str:

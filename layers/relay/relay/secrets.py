@@ -1,15 +1,14 @@
-"""Secrets: read from AWS Secrets Manager through Powertools parameters, cached per process."""
+"""Secrets: read from AWS Secrets Manager, cached per process."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aws_lambda_powertools.utilities import parameters
-from aws_lambda_powertools.utilities.parameters.exceptions import (
-    GetParameterError,
-    TransformParameterError,
-)
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 
 from relay.auth import AuthKeys
 from relay.errors import DependencyUnavailable, Misconfigured
@@ -36,27 +35,49 @@ class SecretStore(Protocol):
 
 
 class SecretsManagerStore:
-    """AWS Secrets Manager through Powertools' SecretsProvider, with its cache (``max_age``).
+    """AWS Secrets Manager, each secret cached for ``max_age`` seconds.
 
-    botocore's defaults (60 s timeouts, several retries) could outlast API Gateway's 29 s on a
-    cold cache; these bounds keep a Secrets Manager hiccup a quick 503 instead.
+    Not Powertools' SecretsProvider: its package loads every parameter provider at cold start
+    (30 to 40 ms, docs/performance.md) for what is one call and a cache here. When a cached
+    secret runs out, one thread fetches it and a batch's other threads wait for that answer
+    rather than each asking Secrets Manager.
     """
 
     def __init__(self, session: boto3.session.Session, max_age: int) -> None:
         self._max_age = max_age
-        client = session.client("secretsmanager", config=FAST_FAIL)
-        self._provider = parameters.SecretsProvider(boto3_client=client)
+        self._client = session.client("secretsmanager", config=FAST_FAIL)
+        self._cache: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
 
     def get_json(self, secret_id: str) -> Any:
+        value = self._fresh(secret_id)
+        if value is not None:
+            return value
+        with self._lock:
+            value = self._fresh(secret_id)  # another thread may have fetched it meanwhile
+            if value is None:
+                value = self._fetch(secret_id)
+                self._cache[secret_id] = (time.monotonic(), value)
+            return value
+
+    def _fresh(self, secret_id: str) -> Any:
+        cached = self._cache.get(secret_id)
+        if cached is not None and time.monotonic() - cached[0] < self._max_age:
+            return cached[1]
+        return None
+
+    def _fetch(self, secret_id: str) -> Any:
         try:
-            return self._provider.get(secret_id, transform="json", max_age=self._max_age)
-        except TransformParameterError:
-            raise Misconfigured("a relay secret is not valid JSON") from None
-        except GetParameterError:
+            raw = self._client.get_secret_value(SecretId=secret_id)["SecretString"]
+        except (BotoCoreError, ClientError, KeyError):
             # Never echo the SDK's message: it can hold the secret's ARN and account.
             raise DependencyUnavailable(
                 "the relay could not read its secrets; retry later"
             ) from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise Misconfigured("a relay secret is not valid JSON") from None
 
 
 class Credentials:
