@@ -11,7 +11,7 @@ CHECKOV := $(CHECKOV_VENV)/bin/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint typecheck validate security reliability soak build deploy clean
+.PHONY: help setup run test lint typecheck validate security reliability soak bench build deploy clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml layers/relay/requirements.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
+
+BENCH_STAMP := $(VENV)/.bench-$(shell sha1sum pyproject.toml | cut -c1-12)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	rm -f $(VENV)/.bench-* && touch $@
 
 $(CHECKOV_STAMP):
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
@@ -56,6 +61,14 @@ reliability: $(STAMP) ## 2,000 messages under seeded faults; prints docs/reliabi
 
 soak: $(STAMP) ## the same with 50,000 messages (long: about 40 minutes by extrapolation)
 	$(BIN)/python -m tests.reliability.harness --messages 50000 --seed 7
+
+bench: $(BENCH_STAMP) ## benchmarks and chart for docs/performance.md (about 25 minutes)
+	$(BIN)/python -m benchmarks.cold_start
+	$(BIN)/python -m benchmarks.warm
+	$(BIN)/python -m benchmarks.batch
+	$(BIN)/python -m benchmarks.memory
+	$(BIN)/python -m benchmarks.build
+	$(BIN)/python -m benchmarks.chart
 
 build: $(STAMP) ## sam build for python3.13/arm64 without a container
 	$(BIN)/sam build

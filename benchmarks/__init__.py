@@ -1,0 +1,1 @@
+"""Benchmarks of the relay against hand-written floors: ``python -m benchmarks.<name> --quick``."""

@@ -1,0 +1,519 @@
+"""Shared benchmark plumbing: AWS in moto_server, loopback providers, handler processes.
+
+The API is small on purpose (``benchmarks/batch.py`` uses it too)::
+
+    with BenchStack(latency=0.0, tracing=True) as stack:  # moto_server, 2 sandboxes, resources
+        stack.env, stack.resources             # the relay's variables; queue URLs, table, secrets
+        env = stack.process_env("delivery")    # the whole environ for a handler child process
+        stack.apply("delivery")                # ... or the same variables in this process
+        stack.set_latency(0.05)                # provider answer delay (s), both sandboxes
+        stack.reset(); stack.peak_in_flight()  # sandbox counters, per provider
+        stack.received()                       # requests the providers accepted (2xx)
+        stack.trace_datagrams                  # X-Ray segments the UDP "daemon" received
+
+    message(i) / http_event(body) / sqs_event(bodies)   # valid messages and Lambda events
+    load_handler("webhook"), lambda_context()          # in-process: relay_local's own loaders
+    run_child(HANDLERS["webhook"], env, events, ...)   # a fresh handler process (_child.py)
+    import_statements(path), PYTHON, TIMEOUTS          # for -X importtime and the like
+    summarize(values), markdown_table(...), write_result(path, data)
+
+In-process with tracing on, set ``os.environ["_X_AMZN_TRACE_ID"]`` (sampled) before each
+invocation, as Lambda does; ``_child.py`` does it for child processes.
+
+``BENCH_RELAY_ROOT=/path/to/copy`` points HANDLERS and the layer at a copy of the relay.
+
+The handler environment mirrors ``relay_local.stack.DevStack`` (same variable names, the same
+moto resources from template.yaml via ``relay_local.resources``) plus template.yaml's Globals
+(POWERTOOLS_*) and the Lambda runtime's own variables. X-Ray tracing is on by default, as with
+``Tracing: Active``: Powertools' Tracer is live when ``LAMBDA_TASK_ROOT`` is set, the X-Ray SDK
+then runs in its Lambda mode, and the child sets ``_X_AMZN_TRACE_ID`` (sampled) per invocation,
+so segments are built and sent over UDP to a sink here, as they would be to Lambda's daemon.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import json
+import os
+import select
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from types import TracebackType
+
+    from relay_local.resources import StackResources
+    from relay_local.sandbox import Provider, ProviderSandbox
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+CHILD = BENCH / "_child.py"
+# BENCH_RELAY_ROOT=/tmp/copy measures a scratch copy of the relay (functions/, layers/relay/)
+# against the same floors: how a proposed change is measured before it is made.
+RELAY_ROOT = Path(os.environ.get("BENCH_RELAY_ROOT") or REPO).resolve()
+LAYER = RELAY_ROOT / "layers" / "relay"
+# Entry points by name: the relay's handlers and their hand-written floors.
+HANDLERS: dict[str, Path] = {
+    "webhook": RELAY_ROOT / "functions" / "webhook" / "app.py",
+    "delivery": RELAY_ROOT / "functions" / "delivery" / "app.py",
+    "webhook-floor": BENCH / "floor" / "webhook.py",
+    "delivery-floor": BENCH / "floor" / "delivery.py",
+}
+PROVIDERS: tuple[Provider, ...] = ("lancepilot", "fluents")
+# What a handler can import on Lambda: the layer (its pinned requirements and the relay) and the
+# runtime's own boto3 stack. Children run with ``python -S`` and only these on PYTHONPATH, so
+# what the dev venv has besides (awscrt, pyOpenSSL: botocore picks them up if present, ~0.1 s)
+# is not imported, as it would not be on Lambda.
+RUNTIME_DISTS = ("boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3")
+PYTHON = (sys.executable, "-S")
+# Children start through a shell that forks them: on Linux a process's ru_maxrss starts at its
+# spawner's peak RSS when spawned directly (fork/vfork, then exec, keep the high-water mark),
+# which would report this process's memory, not the handler's. A fork from dash resets it.
+LAUNCH = ("/bin/sh", "-c", '"$@" & wait $!', "sh")
+# Lambda's timeouts in template.yaml: the webhook 28 s, the delivery function 60 s.
+TIMEOUTS = {"webhook": 28.0, "delivery": 60.0}
+
+
+class BenchStack:
+    """moto_server (own process), two provider sandboxes (threads here), the stack's resources.
+
+    ``start`` points this process's boto3 at moto (``AWS_*`` in ``os.environ``, as DevStack
+    does) so it can create the resources; ``stop`` puts ``os.environ`` back.
+    """
+
+    def __init__(
+        self,
+        latency: float = 0.0,
+        tracing: bool = True,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.latency = latency
+        self.tracing = tracing
+        self.extra_env = dict(extra_env or {})
+        self.sandboxes: dict[str, ProviderSandbox] = {}
+        self.resources: StackResources | None = None
+        self.aws_env: dict[str, str] = {}
+        self.env: dict[str, str] = {}  # the relay's own variables (both functions)
+        self.trace_datagrams = 0
+        self._moto: subprocess.Popen[bytes] | None = None
+        self._xray: socket.socket | None = None
+        self._saved_environ: dict[str, str] | None = None
+        self._site: tempfile.TemporaryDirectory[str] | None = None
+
+    def start(self) -> BenchStack:
+        from relay_local import resources
+        from relay_local.sandbox import ProviderSandbox
+        from relay_local.stack import (
+            DEV_API_KEY,
+            DEV_FROM_NUMBER,
+            DEV_SIGNING_SECRET,
+            DEV_TOKENS,
+            DEV_WORKSPACE,
+            start_moto_server,
+        )
+
+        self._saved_environ = dict(os.environ)
+        host = "127.0.0.1"
+        self._moto, port = start_moto_server(host)  # ephemeral port: never 3000-3002 or 4566
+        self.aws_env = {
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+        }
+        os.environ.update(self.aws_env)
+        os.environ.pop("AWS_PROFILE", None)
+
+        for provider in PROVIDERS:
+            sandbox = ProviderSandbox(
+                provider, token=DEV_TOKENS[provider], host=host, latency=self.latency
+            )
+            self.sandboxes[provider] = sandbox.start()
+        auth = {"api_keys": [DEV_API_KEY], "signing_secrets": [DEV_SIGNING_SECRET]}
+        prefix = f"webhook-relay-bench-{uuid.uuid4().hex[:8]}"
+        made = resources.create(dict(DEV_TOKENS), auth, prefix=prefix)
+        self.resources = made
+        # DevStack's function environment, minus its local shortcuts (secrets cached 5 s):
+        # benchmarks run with the deployed defaults.
+        self.env = {
+            "PROVIDER_TOKENS_SECRET": made.tokens_secret,
+            "RELAY_AUTH_SECRET": made.auth_secret,
+            "IDEMPOTENCY_TABLE": made.table,
+            "DELIVERY_QUEUE_URL": made.queue_url,
+            "LANCEPILOT_API_URL": self.sandboxes["lancepilot"].base_url,
+            "FLUENTS_API_URL": self.sandboxes["fluents"].base_url,
+            "LANCEPILOT_WORKSPACE_ID": DEV_WORKSPACE,
+            "FLUENTS_FROM_NUMBER": DEV_FROM_NUMBER,
+            "DEFAULT_PROVIDER": "",
+            # template.yaml Globals, with the parameters' defaults.
+            "POWERTOOLS_SERVICE_NAME": "webhook-relay",
+            "POWERTOOLS_METRICS_NAMESPACE": "WebhookRelay",
+            "POWERTOOLS_LOG_LEVEL": "INFO",
+            "IDEMPOTENCY_TTL_SECONDS": "86400",
+            **self.extra_env,
+        }
+        self._start_xray_sink(host)
+        self._site = tempfile.TemporaryDirectory(prefix="webhook-relay-bench-")
+        _link_dists(
+            Path(self._site.name) / "layer", _layer_dists(), extra={"relay": LAYER / "relay"}
+        )
+        _link_dists(Path(self._site.name) / "runtime", RUNTIME_DISTS)
+        return self
+
+    def stop(self) -> None:
+        for sandbox in self.sandboxes.values():
+            sandbox.stop()
+        self.sandboxes.clear()
+        if self._moto is not None:
+            self._moto.terminate()
+            self._moto.wait(timeout=10)
+            self._moto = None
+        if self._xray is not None:
+            self._xray.close()
+            self._xray = None
+        if self._site is not None:
+            self._site.cleanup()
+            self._site = None
+        if self._saved_environ is not None:
+            os.environ.clear()
+            os.environ.update(self._saved_environ)
+            self._saved_environ = None
+
+    def __enter__(self) -> BenchStack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # a half-started stack leaves no moto_server or sandbox behind
+            raise
+
+    @property
+    def moto_pid(self) -> int | None:
+        return self._moto.pid if self._moto is not None else None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def function_env(self, function: str, tracing: bool | None = None) -> dict[str, str]:
+        """The variables Lambda would give ``function`` ("webhook" or "delivery"): template
+        Globals, the function's own, the runtime's, and the X-Ray wiring when tracing."""
+        name = function.removesuffix("-floor")
+        env = {**self.aws_env, **self.env}
+        if name == "delivery":
+            assert self.resources is not None
+            env["DEAD_LETTER_QUEUE_URL"] = self.resources.dlq_url
+            env["MAX_RECEIVE_COUNT"] = str(self.resources.max_receive_count)
+            env["PROVIDER_CONCURRENCY"] = "10"
+        env.update(
+            {
+                "AWS_LAMBDA_FUNCTION_NAME": f"webhook-relay-{name}",
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
+                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
+            }
+        )
+        # Lambda always sets these; without LAMBDA_TASK_ROOT the X-Ray SDK would build its
+        # centralized sampler (an X-Ray botocore client: ~17 MB and tens of ms) even with
+        # Powertools' Tracer off, which no Lambda function does.
+        assert self._xray is not None
+        host, port = self._xray.getsockname()[:2]
+        env["LAMBDA_TASK_ROOT"] = str(HANDLERS[function].parent)
+        env["AWS_XRAY_DAEMON_ADDRESS"] = f"{host}:{port}"
+        env["AWS_XRAY_CONTEXT_MISSING"] = "LOG_ERROR"
+        if not (self.tracing if tracing is None else tracing):
+            env["POWERTOOLS_TRACE_DISABLED"] = "true"  # as Tracing: PassThrough, or disabled
+        return env
+
+    def process_env(self, function: str, tracing: bool | None = None) -> dict[str, str]:
+        """A complete, clean environ for a ``PYTHON`` child running ``HANDLERS[function]``.
+
+        PYTHONPATH is Lambda's order: the function's directory (/var/task), the layer
+        (/opt/python), the runtime's boto3 (/var/runtime). The floors get no layer: they must
+        do without it.
+        """
+        assert self._site is not None
+        site = Path(self._site.name)
+        paths = [str(HANDLERS[function].parent)]
+        if not function.endswith("-floor"):
+            paths.append(str(site / "layer"))
+        paths.append(str(site / "runtime"))
+        keep = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
+        return {
+            **keep,
+            **self.function_env(function, tracing),
+            "PYTHONPATH": os.pathsep.join(paths),
+        }
+
+    def apply(self, function: str, tracing: bool | None = None) -> None:
+        """Put ``function``'s environment into this process (before loading a handler here)."""
+        os.environ.update(self.function_env(function, tracing))
+
+    def set_latency(self, seconds: float) -> None:
+        for sandbox in self.sandboxes.values():
+            sandbox.latency = seconds
+
+    def reset(self) -> None:
+        """Forget what the sandboxes received and their peak in flight."""
+        for sandbox in self.sandboxes.values():
+            sandbox.reset()
+
+    def peak_in_flight(self) -> dict[str, int]:
+        return {name: sandbox.peak_in_flight for name, sandbox in self.sandboxes.items()}
+
+    def received(self) -> int:
+        """Requests the sandboxes answered with 2xx (the messages delivered)."""
+        return sum(len(sandbox.accepted()) for sandbox in self.sandboxes.values())
+
+    def _start_xray_sink(self, host: str) -> None:
+        # Stands in for Lambda's X-Ray daemon: counts and drops the segments.
+        self._xray = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._xray.bind((host, 0))
+        sink = self._xray
+
+        def drain() -> None:
+            while True:
+                try:
+                    sink.recv(65536)
+                except OSError:
+                    return
+                self.trace_datagrams += 1
+
+        threading.Thread(target=drain, name="xray-sink", daemon=True).start()
+
+
+def _layer_dists() -> list[str]:
+    lines = (LAYER / "requirements.txt").read_text().splitlines()
+    return [line.split("==")[0].strip() for line in lines if line.strip() and line[0] != "#"]
+
+
+def _link_dists(
+    target: Path, dists: Iterable[str], extra: Mapping[str, Path] | None = None
+) -> None:
+    """A directory of symlinks to these installed distributions' top-level modules."""
+    target.mkdir(parents=True)
+    for name, path in (extra or {}).items():
+        (target / name).symlink_to(path)
+    for dist in dists:
+        found = importlib.metadata.distribution(dist)
+        base = Path(str(found.locate_file("")))
+        tops = {f.parts[0] for f in found.files or [] if f.parts[0] not in ("..", "__pycache__")}
+        for top in tops:
+            if not (target / top).exists() and not top.endswith("-stubs"):
+                (target / top).symlink_to(base / top)
+
+
+# --- messages and events --------------------------------------------------------------------
+
+
+def message(i: int, provider: str | None = None, key: str | None = None) -> dict[str, Any]:
+    """A valid canonical message (alternating providers), with a unique idempotency key."""
+    provider = provider or PROVIDERS[i % 2]
+    body: dict[str, Any] = {
+        "provider": provider,
+        "to": "+14155550123",
+        "text": f"Benchmark message {i}: your order has shipped.",
+        "idempotency_key": key or f"bench-{uuid.uuid4().hex}",
+    }
+    return body
+
+
+def http_event(body: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """API Gateway's payload 2.0 event for ``POST /v1/messages`` with a bearer key."""
+    from relay_local.apigw import to_event
+    from relay_local.stack import DEV_API_KEY
+
+    sent = {
+        "Authorization": f"Bearer {DEV_API_KEY}",
+        "Content-Type": "application/json",
+        "Host": "a1b2c3d4e5.execute-api.us-east-1.amazonaws.com",
+        **(headers or {}),
+    }
+    raw = json.dumps(body).encode()
+    sent["Content-Length"] = str(len(raw))
+    return to_event("POST", "/v1/messages", sent, raw, "POST /v1/messages")
+
+
+def sqs_event(bodies: Iterable[Mapping[str, Any]], receive_count: int = 1) -> dict[str, Any]:
+    """An SQS event (as the event source mapping builds it), one record per body."""
+    from relay_local.esm import event_record
+
+    arn = "arn:aws:sqs:us-east-1:123456789012:webhook-relay-bench-delivery"
+    records = []
+    for body in bodies:
+        message_id = str(uuid.uuid4())
+        received: Any = {
+            "MessageId": message_id,
+            "ReceiptHandle": f"bench-{message_id}",
+            "Body": json.dumps(body),
+            "Attributes": {
+                "ApproximateReceiveCount": str(receive_count),
+                "SentTimestamp": str(int(time.time() * 1000)),
+            },
+        }
+        records.append(event_record(received, arn))
+    return {"Records": records}
+
+
+def load_handler(function: str) -> Any:
+    """Import ``functions/<function>/app.py`` afresh in this process (``apply`` first)."""
+    from relay_local.lambda_runtime import load_function
+
+    return load_function(function)
+
+
+def lambda_context(timeout_s: float = 60.0) -> Any:
+    from relay_local.lambda_runtime import LambdaContext
+
+    return LambdaContext(timeout_s=timeout_s)
+
+
+# --- child processes --------------------------------------------------------------------------
+
+
+def run_child(
+    handler: Path,
+    env: Mapping[str, str],
+    events: Sequence[Mapping[str, Any]],
+    *,
+    mode: str = "run",
+    warmup: int = 0,
+    tracing: bool = True,
+    timeout_s: float = 60.0,
+    prelude: str = "",
+    limit_s: float = 300.0,
+) -> dict[str, Any]:
+    """Run ``handler`` on ``events`` in a fresh interpreter (benchmarks/_child.py).
+
+    ``mode="cold"``: phases of the first invocation (``prelude``, the handler's own import
+    statements, first; then the module, whose body is then only its init; then ``events[0]``).
+    ``mode="run"``: ``warmup`` events untimed, the rest timed. Returns the child's JSON plus
+    ``spawned_at`` and ``spawn_to_answer_s`` (the parent's clock, from just before exec to the
+    answer arriving). perf_counter is CLOCK_MONOTONIC, shared by processes.
+    """
+    spec = {
+        "mode": mode,
+        "handler": str(handler),
+        "prelude": prelude,
+        "events": list(events),
+        "warmup": warmup,
+        "tracing": tracing,
+        "timeout_s": timeout_s,
+    }
+    read_fd, write_fd = os.pipe()
+    with (
+        tempfile.NamedTemporaryFile("w", suffix=".json") as spec_file,
+        tempfile.TemporaryFile() as err,
+    ):
+        json.dump(spec, spec_file)
+        spec_file.flush()
+        spawned_at = time.perf_counter()
+        child = subprocess.Popen(
+            [*LAUNCH, *PYTHON, str(CHILD), str(write_fd), spec_file.name],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # the handlers' logs and EMF metrics
+            stderr=err,
+            pass_fds=(write_fd,),
+            start_new_session=True,  # its own process group, to end it and its shell together
+        )
+        os.close(write_fd)
+        try:
+            line, answered_at = _read_line(read_fd, child, limit_s)
+            child.wait(timeout=limit_s)
+        finally:
+            os.close(read_fd)
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+        if not line:
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-3000:]
+            raise RuntimeError(f"{handler} exited {child.returncode} without an answer:\n{tail}")
+    result: dict[str, Any] = json.loads(line)
+    result["spawned_at"] = spawned_at
+    result["spawn_to_answer_s"] = answered_at - spawned_at
+    return result
+
+
+def import_statements(handler: Path) -> str:
+    """The top-level import statements of ``handler`` (not ``__future__``, not TYPE_CHECKING),
+    as source: run first, they split a cold start into imports and the module's own init."""
+    source = handler.read_text()
+    tree = ast.parse(source)
+    lines = []
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            continue
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            lines.append(ast.get_source_segment(source, node) or "")
+    return "\n".join(lines)
+
+
+def _read_line(fd: int, child: subprocess.Popen[bytes], limit_s: float) -> tuple[bytes, float]:
+    data = b""
+    deadline = time.monotonic() + limit_s
+    while b"\n" not in data:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise TimeoutError(f"no answer from child {child.pid} in {limit_s} s")
+        chunk = os.read(fd, 65536)
+        if not chunk:  # EOF: the child exited
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0], time.perf_counter()
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """Median and p90 (nearest rank) of ``values``, with min, max and n."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"n": 0}
+    rank = max(0, min(len(ordered) - 1, round(0.9 * len(ordered) + 0.5) - 1))
+    return {
+        "n": len(ordered),
+        "median": statistics.median(ordered),
+        "p90": ordered[rank],
+        "min": ordered[0],
+        "max": ordered[-1],
+    }
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_result(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as JSON (with the machine's basics) and return the path."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "python": sys.version.split()[0],
+        "platform": sys.platform,
+        "cpus": os.cpu_count(),
+        "relay_root": str(RELAY_ROOT),
+        "load_average": os.getloadavg(),
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out.write_text(json.dumps({"meta": meta, **data}, indent=2, default=str) + "\n")
+    return out

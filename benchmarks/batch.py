@@ -1,0 +1,648 @@
+"""Batch throughput: the delivery function against the sequential Powertools BatchProcessor.
+
+    .venv/bin/python -m benchmarks.batch            # 5 repetitions, single provider and mixed
+    .venv/bin/python -m benchmarks.batch --quick    # 1 repetition, one provider, 0 and 200 ms
+
+Both handlers get the same SQS event: real messages sent to and received from moto_server's
+delivery queue (so receipt handles are real), shaped into Lambda records by
+``relay_local.esm.event_record`` exactly as the local poller does. Only the handler call is
+timed. Each cell (messages x provider latency) runs the relay and the sequential pattern back
+to back, in alternating order, so both see the same background load.
+
+The sequential pattern is what a user would otherwise write: ``BatchProcessor`` +
+``process_partial_response``, and per record, one after another: the provider token from
+Secrets Manager (read once, then cached), translation to the provider's documented request, a
+urllib3 POST to the sandbox provider, and Powertools idempotency on the same DynamoDB table
+(a conditional PutItem before the send, an UpdateItem after: the relay's own writes). It does
+not validate phone numbers, emit metrics or log; the relay does all three.
+
+X-Ray is off (as in the local runner) unless ``--tracing``: then Powertools' Tracer is live for
+both, as deployed. The JSON keeps every run with what says where its time went: AWS calls per
+operation and their durations, when the provider requests arrived, and the CPU used here and
+in moto_server. Absolute times are local ones: moto_server is Python, serialises concurrent
+calls, and answers each on a new connection (``Connection: close``); DynamoDB does neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relay_local.esm import event_record
+from relay_local.lambda_runtime import LambdaContext, load_function
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+    from mypy_boto3_sqs import SQSClient
+
+    from benchmarks._stack import BenchStack
+
+    Handler = Callable[[dict[str, Any], Any], Any]
+
+SIZES = (1, 10, 100)
+LATENCIES_MS = (0, 50, 200)
+PATTERNS = ("relay", "sequential")
+MIXES = ("single", "mixed")  # single: every message to Lancepilot; mixed: alternating providers
+FUNCTION_TIMEOUT_S = 60.0  # template.yaml's DeliveryFunction Timeout
+OUT = Path("benchmarks/results/batch.json")
+
+
+# --- the stack -----------------------------------------------------------------------------------
+
+
+def start_stack(tracing: bool) -> BenchStack:
+    """moto_server, both sandbox providers and the delivery function's environment, here."""
+    from benchmarks._stack import BenchStack
+
+    stack = BenchStack(tracing=tracing).start()
+    try:
+        stack.apply("delivery")  # before any handler is loaded: they read it at init
+    except BaseException:
+        stack.stop()  # or moto_server outlives us
+        raise
+    # X-Ray patches botocore process-wide: the benchmark's own SQS calls, made between
+    # invocations, would each log that their subsegment was discarded.
+    logging.getLogger("aws_xray_sdk").setLevel(logging.ERROR)
+    return stack
+
+
+def trace_header() -> str:
+    """What Lambda sets before each invocation under ``Tracing: Active`` (sampled)."""
+    root = f"1-{int(time.time()):08x}-{os.urandom(12).hex()}"
+    return f"Root={root};Parent={os.urandom(8).hex()};Sampled=1"
+
+
+# --- instrumentation -----------------------------------------------------------------------------
+
+
+class AwsCalls:
+    """Every AWS call made through boto3's default session, timed (botocore's call events).
+
+    Clients copy the session's event hooks when they are created, so attach before any handler
+    is loaded.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.calls: list[tuple[str, float, float]] = []  # (operation, started, ended), monotonic
+
+    def attach(self) -> None:
+        import boto3
+
+        if boto3.DEFAULT_SESSION is None:
+            boto3.setup_default_session()
+        assert boto3.DEFAULT_SESSION is not None
+        boto3.DEFAULT_SESSION.events.register("before-call", self._before)
+        boto3.DEFAULT_SESSION.events.register("after-call", self._after)
+
+    def take(self) -> list[tuple[str, float, float]]:
+        with self._lock:
+            calls, self.calls = self.calls, []
+        return calls
+
+    def _before(self, **_: Any) -> None:
+        self._local.started = time.monotonic()
+
+    def _after(self, event_name: str, **_: Any) -> None:
+        ended = time.monotonic()
+        operation = event_name.rsplit(".", 1)[-1]  # after-call.dynamodb.PutItem
+        with self._lock:
+            self.calls.append((operation, getattr(self._local, "started", ended), ended))
+
+
+# --- the two handlers ----------------------------------------------------------------------------
+
+
+def relay_function() -> Handler:
+    """functions/delivery/app.py, loaded as the local runner loads it (one environment)."""
+    handler: Handler = load_function("delivery").lambda_handler
+    # The relay logs one JSON line per message (real work, as in Lambda); not onto our table.
+    from relay.observability import logger
+
+    stream = logger.registered_handler
+    if isinstance(stream, logging.StreamHandler):
+        stream.setStream(open(os.devnull, "w"))  # noqa: SIM115 - for the process's life
+    return handler
+
+
+def sequential_function() -> Handler:
+    """The sequential Powertools BatchProcessor pattern, as a module a user would write.
+
+    Everything above ``lambda_handler`` is that module's init: clients, pool, processor.
+    """
+    import boto3
+    import urllib3
+    from aws_lambda_powertools.utilities.batch import (
+        BatchProcessor,
+        EventType,
+        process_partial_response,
+    )
+    from aws_lambda_powertools.utilities.idempotency import (
+        DynamoDBPersistenceLayer,
+        IdempotencyConfig,
+        idempotent_function,
+    )
+
+    secrets = boto3.client("secretsmanager")
+    # boto3_client only so that AwsCalls sees its calls; the default would build the same one.
+    persistence = DynamoDBPersistenceLayer(
+        table_name=os.environ["IDEMPOTENCY_TABLE"], boto3_client=boto3.client("dynamodb")
+    )
+    config = IdempotencyConfig(event_key_jmespath="key", expires_after_seconds=24 * 3600)
+    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=3.05, read=8.0))
+    processor = BatchProcessor(event_type=EventType.SQS)
+    tokens: dict[str, str] = {}
+    lancepilot = os.environ["LANCEPILOT_API_URL"]
+    fluents = os.environ["FLUENTS_API_URL"]
+    workspace = os.environ["LANCEPILOT_WORKSPACE_ID"]
+    sender = os.environ["FLUENTS_FROM_NUMBER"]
+
+    def token(provider: str) -> str:
+        if not tokens:  # once per environment
+            secret = secrets.get_secret_value(SecretId=os.environ["PROVIDER_TOKENS_SECRET"])
+            tokens.update(json.loads(secret["SecretString"]))
+        return tokens[provider]
+
+    @idempotent_function(  # type: ignore[untyped-decorator]
+        data_keyword_argument="request", persistence_store=persistence, config=config
+    )
+    def send(request: dict[str, Any]) -> dict[str, Any]:
+        message = request["message"]
+        if message["provider"] == "lancepilot":
+            number = message["to"].lstrip("+")
+            url = f"{lancepilot}/workspaces/{workspace}/contacts/number/{number}/messages/text"
+            payload: dict[str, Any] = {"text": {"body": message["text"]}}
+        else:
+            url = f"{fluents}/v1/messages"
+            payload = {
+                "to_number": message["to"],
+                "from_number": sender,
+                "message": message["text"],
+            }
+        answer = http.request(
+            "POST",
+            url,
+            body=json.dumps(payload).encode(),
+            headers={
+                "Authorization": f"Bearer {token(message['provider'])}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+        )
+        if not 200 <= answer.status < 300:
+            raise RuntimeError(f"{message['provider']} answered {answer.status}")
+        return {"status": answer.status}
+
+    def record_handler(record: SQSRecord) -> None:
+        message = json.loads(record.body)
+        send(
+            request={"key": message.get("idempotency_key") or record.message_id, "message": message}
+        )
+
+    def lambda_handler(event: dict[str, Any], context: Any) -> Any:
+        config.register_lambda_context(context)
+        return process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+
+    return lambda_handler
+
+
+# --- one run -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    pattern: str
+    mix: str
+    size: int
+    latency_ms: int
+    rep: int
+    ms: float  # the handler call, wall clock
+    failed: int  # records reported as failures, or not accepted by a provider
+    per_provider: dict[str, int]  # messages per provider
+    peak_in_flight: dict[str, int]  # most requests a sandbox answered at once
+    aws_calls: dict[str, int]  # operation -> calls during the invocation
+    aws_call_ms: dict[str, float]  # operation -> median duration of one call
+    first_send_ms: float | None  # first provider request's arrival, from the handler's start
+    last_send_ms: float | None  # last provider request's arrival
+    cpu_ms: float  # CPU of this process during the call: the handler, and the sandboxes' threads
+    moto_cpu_ms: float  # CPU of moto_server (AWS) during the call, 10 ms resolution
+
+
+@dataclass
+class Bench:
+    stack: BenchStack
+    tracing: bool
+    sqs: SQSClient
+    aws: AwsCalls
+    handlers: dict[str, Handler]
+    queue_arn: str = ""
+    serial: int = 0
+    runs: list[Run] = field(default_factory=list)
+
+    def bodies(self, size: int, mix: str) -> list[dict[str, str]]:
+        providers = ["lancepilot", "fluents"] if mix == "mixed" else ["lancepilot"]
+        out = []
+        for i in range(size):
+            self.serial += 1
+            text = f"Benchmark message {self.serial}"
+            out.append(
+                {"provider": providers[i % len(providers)], "to": "+14155550123", "text": text}
+            )
+        return out
+
+    def event(self, bodies: list[dict[str, str]]) -> tuple[dict[str, Any], list[str]]:
+        """Send ``bodies`` to the delivery queue and receive them back as one Lambda event."""
+        queue = self.stack.env["DELIVERY_QUEUE_URL"]
+        sent: set[str] = set()
+        for start in range(0, len(bodies), 10):
+            answer = self.sqs.send_message_batch(
+                QueueUrl=queue,
+                Entries=[
+                    {"Id": str(n), "MessageBody": json.dumps(body)}
+                    for n, body in enumerate(bodies[start : start + 10])
+                ],
+            )
+            sent.update(entry["MessageId"] for entry in answer["Successful"])
+        records: list[dict[str, Any]] = []
+        handles: list[str] = []
+        deadline = time.monotonic() + 30
+        while len(records) < len(sent) and time.monotonic() < deadline:
+            for message in self.sqs.receive_message(
+                QueueUrl=queue,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=0,
+                MessageSystemAttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            ).get("Messages", []):
+                handles.append(message["ReceiptHandle"])
+                if message["MessageId"] in sent:  # anything else is a leftover handed back
+                    records.append(event_record(message, self.queue_arn))
+        if len(records) != len(sent):
+            raise RuntimeError(f"received {len(records)} of {len(sent)} messages")
+        return {"Records": records}, handles
+
+    def run(self, pattern: str, mix: str, size: int, latency_ms: int, rep: int) -> Run:
+        bodies = self.bodies(size, mix)
+        event, handles = self.event(bodies)
+        self.stack.set_latency(latency_ms / 1000)
+        self.stack.reset()
+        self.aws.take()
+        if self.tracing:
+            os.environ["_X_AMZN_TRACE_ID"] = trace_header()
+        context = LambdaContext(timeout_s=FUNCTION_TIMEOUT_S, function_name=f"bench-{pattern}")
+        moto_pid = self.stack.moto_pid
+        with contextlib.redirect_stdout(_DEVNULL):  # EMF metric lines
+            moto_cpu, cpu = _cpu_ms(moto_pid), time.process_time()
+            started = time.monotonic()
+            answer = self.handlers[pattern](event, context)
+            ended = time.monotonic()
+            cpu, moto_cpu = time.process_time() - cpu, _cpu_ms(moto_pid) - moto_cpu
+        calls = self.aws.take()
+        self._delete(handles)
+
+        per_provider = Counter(body["provider"] for body in bodies)
+        accepted = self.stack.received()
+        failures = len((answer or {}).get("batchItemFailures", []))
+        arrivals = sorted(r.at for s in self.stack.sandboxes.values() for r in s.received)
+        durations: dict[str, list[float]] = defaultdict(list)
+        for operation, began, done in calls:
+            durations[operation].append((done - began) * 1000)
+        run = Run(
+            pattern=pattern,
+            mix=mix,
+            size=size,
+            latency_ms=latency_ms,
+            rep=rep,
+            ms=round((ended - started) * 1000, 2),
+            failed=max(failures, size - accepted),
+            per_provider=dict(per_provider),
+            peak_in_flight=self.stack.peak_in_flight(),
+            aws_calls={op: len(d) for op, d in sorted(durations.items())},
+            aws_call_ms={op: round(statistics.median(d), 2) for op, d in sorted(durations.items())},
+            first_send_ms=round((arrivals[0] - started) * 1000, 2) if arrivals else None,
+            last_send_ms=round((arrivals[-1] - started) * 1000, 2) if arrivals else None,
+            cpu_ms=round(cpu * 1000, 1),
+            moto_cpu_ms=round(moto_cpu, 1),
+        )
+        self.runs.append(run)
+        return run
+
+    def _delete(self, handles: list[str]) -> None:
+        """Delete the batch, as the event source mapping does after the handler returns."""
+        for start in range(0, len(handles), 10):
+            self.sqs.delete_message_batch(
+                QueueUrl=self.stack.env["DELIVERY_QUEUE_URL"],
+                Entries=[
+                    {"Id": str(n), "ReceiptHandle": h}
+                    for n, h in enumerate(handles[start : start + 10])
+                ],
+            )
+
+
+def _cpu_ms(pid: int | None) -> float:
+    """A process's CPU time so far (user + system, ms) from /proc; 0 without /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+class _Discard:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+_DEVNULL: Any = _Discard()
+
+
+# --- the whole benchmark -------------------------------------------------------------------------
+
+
+def measure(
+    reps: int,
+    mixes: tuple[str, ...],
+    sizes: tuple[int, ...],
+    latencies: tuple[int, ...],
+    tracing: bool = False,
+    patterns: tuple[str, ...] = PATTERNS,
+) -> dict[str, Any]:
+    import boto3
+
+    load_before = os.getloadavg()
+    stack = start_stack(tracing)  # restores os.environ when stopped
+    try:
+        sqs = boto3.client("sqs")  # before attach: the benchmark's own calls are not counted
+        aws = AwsCalls()
+        aws.attach()
+        # Loaded after the stack is up: each reads its settings from the environment at init.
+        functions = {"relay": relay_function, "sequential": sequential_function}
+        handlers = {pattern: functions[pattern]() for pattern in patterns}
+        queue_arn = sqs.get_queue_attributes(
+            QueueUrl=stack.env["DELIVERY_QUEUE_URL"], AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
+        bench = Bench(stack, tracing, sqs, aws, handlers, queue_arn)
+        limit = int(os.environ["PROVIDER_CONCURRENCY"])
+
+        # Warm both environments: secrets cached, threads started, a connection per concurrent
+        # send to each provider (40 mixed at 50 ms keeps 10 in flight per provider).
+        for pattern in patterns:
+            bench.run(pattern, "mixed", 40 if pattern == "relay" else 2, 50, -1)
+        bench.runs.clear()
+
+        for rep in range(reps):
+            for mix in mixes:
+                for latency in latencies:
+                    for size in sizes:
+                        order = patterns if (rep + size) % 2 == 0 else patterns[::-1]
+                        for pattern in order:
+                            run = bench.run(pattern, mix, size, latency, rep)
+                            _progress(run)
+    finally:
+        stack.stop()
+    return {
+        "meta": {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "python": platform.python_version(),
+            "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "reps": reps,
+            "provider_concurrency": limit,
+            "tracing": tracing,
+            "event": "real SQS messages (moto_server), records shaped by relay_local.esm",
+            "sequential": "BatchProcessor + process_partial_response; per record: token "
+            "(Secrets Manager, cached), translate, urllib3 POST, Powertools idempotency "
+            "(DynamoDB PutItem + UpdateItem)",
+        },
+        "runs": [asdict(run) for run in bench.runs],
+        "cells": summarise(bench.runs, limit),
+    }
+
+
+def summarise(runs: list[Run], limit: int) -> list[dict[str, Any]]:
+    """Medians per (mix, size, latency), both patterns side by side."""
+    groups: dict[tuple[str, int, int], dict[str, list[Run]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for run in runs:
+        groups[(run.mix, run.size, run.latency_ms)][run.pattern].append(run)
+    cells = []
+    for (mix, size, latency), by_pattern in sorted(groups.items(), key=_cell_order):
+        relay, sequential = by_pattern.get("relay", []), by_pattern.get("sequential", [])
+        relay_ms = statistics.median(r.ms for r in relay) if relay else None
+        sequential_ms = statistics.median(r.ms for r in sequential) if sequential else None
+        per_provider = (relay or sequential)[0].per_provider
+        # The floor the per-provider limit allows: full waves of `limit` sends, one latency each.
+        bound_ms = max(math.ceil(n / limit) for n in per_provider.values()) * latency
+        cell: dict[str, Any] = {
+            "mix": mix,
+            "size": size,
+            "latency_ms": latency,
+            "per_provider": per_provider,
+            "relay_ms": _round(relay_ms),
+            "sequential_ms": _round(sequential_ms),
+            "relay_runs_ms": [r.ms for r in relay],
+            "sequential_runs_ms": [r.ms for r in sequential],
+            "relay_over_sequential": _ratio(relay_ms, sequential_ms, 3),
+            "speedup": _ratio(sequential_ms, relay_ms, 1),
+            "bound_ms": bound_ms,
+            "relay_over_bound": _ratio(relay_ms, bound_ms or None, 2),
+            "peak_in_flight": {p: max(r.peak_in_flight[p] for r in relay) for p in per_provider}
+            if relay
+            else {},
+            "limit": limit,
+            "failed": sum(r.failed for r in relay + sequential),
+        }
+        for name, group in (("relay", relay), ("sequential", sequential)):
+            if group:
+                cell[f"{name}_timeline"] = _timeline(group)
+        cells.append(cell)
+    return cells
+
+
+def _timeline(runs: list[Run]) -> dict[str, Any]:
+    """Where a cell's time goes (medians): AWS calls and when provider requests arrived."""
+    operations = sorted({op for r in runs for op in r.aws_calls})
+    return {
+        "aws_calls": {
+            op: statistics.median(r.aws_calls.get(op, 0) for r in runs) for op in operations
+        },
+        "aws_call_ms": {
+            op: _round(statistics.median(r.aws_call_ms[op] for r in runs if op in r.aws_call_ms))
+            for op in operations
+        },
+        "first_send_ms": _median_or_none([r.first_send_ms for r in runs]),
+        "last_send_ms": _median_or_none([r.last_send_ms for r in runs]),
+        "cpu_ms": _round(statistics.median(r.cpu_ms for r in runs)),
+        "moto_cpu_ms": _round(statistics.median(r.moto_cpu_ms for r in runs)),
+        "end_ms": _round(statistics.median(r.ms for r in runs)),
+    }
+
+
+def _cell_order(item: tuple[tuple[str, int, int], Any]) -> tuple[int, int, int]:
+    (mix, size, latency), _ = item
+    return (MIXES.index(mix), latency, size)
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return _round(statistics.median(present)) if present else None
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _ratio(a: float | None, b: float | None, digits: int) -> float | None:
+    return round(a / b, digits) if a is not None and b else None
+
+
+def _progress(run: Run) -> None:
+    peaks = ", ".join(f"{p} {n}" for p, n in run.peak_in_flight.items() if p in run.per_provider)
+    print(
+        f"  rep {run.rep} {run.mix:6} {run.size:3} msgs {run.latency_ms:3} ms {run.pattern:10}"
+        f" {run.ms:9.1f} ms  peak in flight: {peaks}"
+        + (f"  FAILED {run.failed}" if run.failed else ""),
+        flush=True,
+    )
+
+
+# --- reporting -----------------------------------------------------------------------------------
+
+
+def table(result: dict[str, Any]) -> str:
+    limit = result["meta"]["provider_concurrency"]
+    lines = [
+        "| mix | messages | latency | relay | sequential | relay/seq | speed-up "
+        f"| peak in flight (limit {limit}) | bound | relay/bound |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for c in result["cells"]:
+        peaks = ", ".join(f"{p[:1].upper()} {n}" for p, n in c["peak_in_flight"].items())
+        lines.append(
+            f"| {c['mix']} | {c['size']} | {c['latency_ms']} ms | {_ms(c['relay_ms'])} "
+            f"| {_ms(c['sequential_ms'])} | {_num(c['relay_over_sequential'])} "
+            f"| {_num(c['speedup'], 'x')} | {peaks} | {_ms(c['bound_ms'] or None)} "
+            f"| {_num(c['relay_over_bound'])} |" + (f" FAILED {c['failed']}" if c["failed"] else "")
+        )
+    return "\n".join(lines)
+
+
+def targets(result: dict[str, Any]) -> str:
+    cells = {(c["mix"], c["size"], c["latency_ms"]): c for c in result["cells"]}
+    out = []
+    ten = cells.get(("single", 10, 200))
+    if ten and ten["relay_ms"] is not None:
+        verdict = "met" if ten["relay_ms"] <= 300 else "missed"
+        out.append(f"- 10 messages at 200 ms: {ten['relay_ms']} ms, target ≤ 300 ms: {verdict}")
+        if ten["speedup"] is not None:
+            verdict = "met" if ten["speedup"] >= 6 else "missed"
+            out.append(
+                f"- against the sequential pattern: {ten['speedup']}x, target ≥ 6x: {verdict}"
+            )
+    for mix in MIXES:
+        hundred = cells.get((mix, 100, 200))
+        if hundred and hundred["relay_over_bound"] is not None:
+            out.append(
+                f"- 100 messages at 200 ms ({mix}): {hundred['relay_ms']} ms, "
+                f"{hundred['relay_over_bound']}x the concurrency bound ({hundred['bound_ms']} ms)"
+            )
+    for mix in MIXES:
+        cell = cells.get((mix, 10, 200))
+        timeline = cell and cell.get("relay_timeline")
+        if timeline:
+            calls = ", ".join(
+                f"{op} {n:g}x ~{timeline['aws_call_ms'][op]} ms"
+                for op, n in timeline["aws_calls"].items()
+            )
+            out.append(
+                f"- relay, 10 messages at 200 ms ({mix}): first provider request at "
+                f"{timeline['first_send_ms']} ms, last at {timeline['last_send_ms']} ms, handler "
+                f"returned at {timeline['end_ms']} ms; AWS calls: {calls or 'none'}; CPU: "
+                f"{timeline['cpu_ms']} ms here, {timeline['moto_cpu_ms']} ms in moto_server"
+            )
+    return "\n".join(out)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} ms" if value >= 100 else f"{value:.1f} ms"
+
+
+def _num(value: float | None, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:g}{suffix}"
+
+
+def _csv(kind: Callable[[str], Any]) -> Callable[[str], tuple[Any, ...]]:
+    return lambda text: tuple(kind(part) for part in text.split(",") if part)
+
+
+@contextlib.contextmanager
+def _quiet_warnings() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="1 repetition, one provider, latencies 0 and 200 ms"
+    )
+    parser.add_argument("--reps", type=int, help="repetitions (default 5, --quick 1)")
+    parser.add_argument("--mixes", type=_csv(str), help="single,mixed (--quick: single)")
+    parser.add_argument("--sizes", type=_csv(int), default=SIZES, help="default 1,10,100")
+    parser.add_argument(
+        "--latencies", type=_csv(int), help="provider latency, ms (default 0,50,200; --quick 0,200)"
+    )
+    parser.add_argument(
+        "--tracing", action="store_true", help="X-Ray on, as deployed (Tracing: Active)"
+    )
+    parser.add_argument("--patterns", type=_csv(str), default=PATTERNS, help="relay,sequential")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    reps = args.reps or (1 if args.quick else 5)
+    mixes = args.mixes or (("single",) if args.quick else MIXES)
+    # The sequential pattern at 100 x 50 ms alone takes over 10 s: --quick skips that latency.
+    latencies = args.latencies or ((0, 200) if args.quick else LATENCIES_MS)
+
+    with _quiet_warnings():
+        result = measure(reps, mixes, args.sizes, latencies, args.tracing, args.patterns)
+    result["meta"]["quick"] = args.quick
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    load = result["meta"]["load_average_before"][0]
+    print(f"\nBatch time, median of {reps} (load average {load} at the start)\n")
+    print(table(result))
+    if summary := targets(result):  # only when the target cells were measured
+        print(f"\n{summary}")
+    print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

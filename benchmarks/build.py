@@ -1,0 +1,126 @@
+"""Build: the size of what `sam build` makes (the layer, each function) and what makes it up.
+
+    python -m benchmarks.build                 # sam build into a scratch dir, then measure
+    python -m benchmarks.build --build-dir .aws-sam/build   # measure an existing build
+
+Sizes are on disk (unzipped, Lambda's 250 MB limit counts these) and deflated as a zip
+(what is uploaded). The layer is broken down by top-level package; the target is that it holds
+nothing the Lambda runtime already has (boto3, botocore, s3transfer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+from benchmarks._stack import REPO, markdown_table, write_result
+
+IN_RUNTIME = ("boto3", "botocore", "s3transfer")  # python3.13's runtime ships these
+ARTIFACTS = ("RelayLayer", "WebhookFunction", "DeliveryFunction")
+
+
+def sam_build(into: Path) -> None:
+    sam = Path(sys.executable).parent / "sam"
+    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "PYTHON": sys.executable}
+    subprocess.run(
+        [str(sam), "build", "--build-dir", str(into), "--cache-dir", str(into.parent / "cache")],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+
+
+def files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+
+
+def zipped_bytes(root: Path) -> int:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files(root):
+            archive.write(path, path.relative_to(root))
+    return buffer.tell()
+
+
+def breakdown(site: Path) -> dict[str, int]:
+    """Bytes per top-level package; every *.dist-info together as "(package metadata)"."""
+    sizes: dict[str, int] = defaultdict(int)
+    for path in files(site):
+        top = path.relative_to(site).parts[0]
+        name = "(package metadata)" if top.endswith(".dist-info") else top.removesuffix(".py")
+        sizes[name] += path.stat().st_size
+    return dict(sorted(sizes.items(), key=lambda item: -item[1]))
+
+
+def measure(build: Path) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Each artifact's files, bytes and zipped bytes; the layer's bytes per package."""
+    artifacts = {}
+    for name in ARTIFACTS:
+        root = build / name
+        artifacts[name] = {
+            "files": len(files(root)),
+            "bytes": sum(p.stat().st_size for p in files(root)),
+            "zipped_bytes": zipped_bytes(root),
+        }
+    return artifacts, breakdown(build / "RelayLayer" / "python")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--build-dir", type=Path, help="measure this build instead of building")
+    parser.add_argument("--out", default="benchmarks/results/build.json")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        build = args.build_dir
+        if build is None:
+            build = Path(scratch) / "build"
+            sam_build(build)
+        artifacts, layer = measure(build)
+    runtime = [p for p in IN_RUNTIME if p in layer]
+    out = write_result(
+        args.out,
+        {
+            "benchmark": "build",
+            "artifacts": artifacts,
+            "layer_packages": layer,
+            "runtime_packages_in_layer": runtime,
+        },
+    )
+
+    kb = 1024
+    print("## sam build artifacts\n")
+    print(
+        markdown_table(
+            ["artifact", "files", "unzipped (KB)", "zipped (KB)"],
+            [
+                [name, a["files"], f"{a['bytes'] / kb:,.0f}", f"{a['zipped_bytes'] / kb:,.0f}"]
+                for name, a in artifacts.items()
+            ],
+        )
+    )
+    print("\n## What the layer holds (unzipped)\n")
+    print(
+        markdown_table(
+            ["package", "KB"], [[name, f"{size / kb:,.0f}"] for name, size in layer.items()]
+        )
+    )
+    print(f"\nPackages the runtime already has, found in the layer: {runtime or 'none'}")
+    print(f"\nWrote {out}")
+    if runtime:
+        raise SystemExit("the layer ships what the Lambda runtime already has")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Cold start: a fresh Python process, from exec to each handler's first answer, vs. the floor.
+
+    python -m benchmarks.cold_start --quick          # 3 rounds, about a minute
+    python -m benchmarks.cold_start                  # 15 rounds, a few minutes
+
+Each round starts one fresh process per variant (relay and floor interleaved, order reversed
+every other round so drift cancels) against the same moto_server and loopback providers (zero
+latency). A process records ``time.perf_counter()`` on its first line and at each phase:
+
+* startup: interpreter start (the parent's clock just before exec, to the child's first line);
+* imports: the handler's own top-level import statements (and whatever module-level objects the
+  imported modules build, e.g. relay.observability's Tracer);
+* init: the handler module's body, its imports now cached (Relay.from_env(), boto3 clients);
+* first invoke: the first event, answered (secrets, idempotency record, provider POST).
+
+``spawn→answer`` is the parent's clock from just before exec to the answer's arrival. The relay
+runs as deployed (X-Ray tracing active, see _stack.py) and also with tracing off, to show what
+tracing costs. ``python -X importtime`` of each handler's imports is summarized at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+from collections import defaultdict
+from typing import Any
+
+from benchmarks._stack import (
+    HANDLERS,
+    PYTHON,
+    TIMEOUTS,
+    BenchStack,
+    http_event,
+    import_statements,
+    markdown_table,
+    message,
+    run_child,
+    sqs_event,
+    summarize,
+    write_result,
+)
+
+TARGET = 1.25  # relay cold start <= 1.25 x the floor's
+# name: (handler, traced, floor to compare with)
+VARIANTS: dict[str, tuple[str, bool, str | None]] = {
+    "webhook": ("webhook", True, "webhook-floor"),
+    "webhook-floor": ("webhook-floor", False, None),
+    "webhook, tracing off": ("webhook", False, "webhook-floor"),
+    "delivery": ("delivery", True, "delivery-floor"),
+    "delivery-floor": ("delivery-floor", False, None),
+    "delivery, tracing off": ("delivery", False, "delivery-floor"),
+}
+PHASES = (
+    "startup_s",
+    "imports_s",
+    "init_s",
+    "invoke_s",
+    "total_s",
+    "spawn_to_answer_s",
+    "cpu_imports_s",
+    "cpu_init_s",
+    "cpu_invoke_s",
+    "cpu_total_s",
+)
+
+
+def event_for(handler: str, i: int, delivery_batch: int) -> dict[str, Any]:
+    if handler.startswith("webhook"):
+        return http_event(message(i))
+    return sqs_event([message(i * delivery_batch + n) for n in range(delivery_batch)])
+
+
+def check(name: str, answers: dict[str, int]) -> None:
+    """A benchmark of failing requests measures nothing: every answer must be a success."""
+    ok = answers.get("status_201") == 1 or (
+        answers.get("batches") == 1 and answers.get("batch_item_failures") == 0
+    )
+    if not ok:
+        raise RuntimeError(f"{name}: the first invocation did not succeed: {answers}")
+
+
+def measure(stack: BenchStack, rounds: int, delivery_batch: int) -> dict[str, list[dict[str, Any]]]:
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    names = list(VARIANTS)
+    for round_number in range(rounds):
+        order = names if round_number % 2 == 0 else names[::-1]
+        for name in order:
+            handler, traced, _ = VARIANTS[name]
+            result = run_child(
+                HANDLERS[handler],
+                stack.process_env(handler, tracing=traced),
+                [event_for(handler, round_number, delivery_batch)],
+                mode="cold",
+                tracing=traced,
+                timeout_s=TIMEOUTS[handler.removesuffix("-floor")],
+                prelude=import_statements(HANDLERS[handler]),
+            )
+            check(name, result["answers"])
+            result["startup_s"] = result["t0"] - result["spawned_at"]
+            runs[name].append(result)
+    return runs
+
+
+_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
+
+
+def importtime(stack: BenchStack, handler: str, repeats: int) -> dict[str, dict[str, float]]:
+    """``python -X importtime`` of the handler's import statements: per module, the median
+    self and cumulative microseconds over ``repeats`` fresh processes, and its depth."""
+    samples: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    for _ in range(repeats):
+        done = subprocess.run(
+            [*PYTHON, "-X", "importtime", "-c", import_statements(HANDLERS[handler])],
+            env=stack.process_env(handler),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        for line in done.stderr.splitlines():
+            match = _LINE.match(line)
+            if match:
+                self_us, cumulative_us, indent, module = match.groups()
+                samples[module].append((int(self_us), int(cumulative_us), len(indent) // 2))
+    return {
+        module: {
+            "self_us": statistics.median(s[0] for s in values),
+            "cumulative_us": statistics.median(s[1] for s in values),
+            "depth": values[0][2],
+        }
+        for module, values in samples.items()
+    }
+
+
+def import_report(relay: dict[str, dict[str, float]], floor: dict[str, dict[str, float]]) -> Any:
+    """Top offenders by cumulative time, and what the relay imports that the floor does not,
+    summed by top-level package (self time, so nothing is counted twice)."""
+    top = sorted(relay.items(), key=lambda item: -item[1]["cumulative_us"])[:15]
+    extra: dict[str, float] = defaultdict(float)
+    for module, times in relay.items():
+        if module not in floor:
+            extra[module.split(".")[0]] += times["self_us"] / 1000
+    return {
+        "total_self_ms": sum(t["self_us"] for t in relay.values()) / 1000,
+        "floor_total_self_ms": sum(t["self_us"] for t in floor.values()) / 1000,
+        "modules": len(relay),
+        "floor_modules": len(floor),
+        "top_cumulative": [
+            {"module": m, "cumulative_ms": t["cumulative_us"] / 1000, "depth": t["depth"]}
+            for m, t in top
+        ],
+        "relay_only_by_package_ms": dict(sorted(extra.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="3 rounds, 1 importtime run")
+    parser.add_argument("--rounds", type=int, help="fresh processes per variant (default 15)")
+    parser.add_argument("--delivery-batch", type=int, default=1, help="records in its 1st event")
+    parser.add_argument("--out", default="benchmarks/results/cold_start.json")
+    args = parser.parse_args()
+    rounds = args.rounds or (3 if args.quick else 15)
+
+    with BenchStack(latency=0.0) as stack:
+        runs = measure(stack, rounds, args.delivery_batch)
+        repeats = 1 if args.quick else 3
+        imports = {
+            name: importtime(stack, name, repeats)
+            for name in ("webhook", "webhook-floor", "delivery", "delivery-floor")
+        }
+        trace_datagrams = stack.trace_datagrams
+
+    summary = {
+        name: {p: summarize([r[p] for r in results]) for p in PHASES}
+        for name, results in runs.items()
+    }
+    rows, verdicts = [], {}
+    for name, (_, _, floor) in VARIANTS.items():
+        s = summary[name]
+        ratio = ratio_cpu = None
+        if floor is not None:
+            f = summary[floor]
+            ratio = s["spawn_to_answer_s"]["median"] / f["spawn_to_answer_s"]["median"]
+            ratio_cpu = s["cpu_total_s"]["median"] / f["cpu_total_s"]["median"]
+            verdicts[name] = {
+                "ratio": ratio,
+                "ratio_in_process": s["total_s"]["median"] / f["total_s"]["median"],
+                "ratio_cpu": ratio_cpu,
+                "met": ratio <= TARGET,
+            }
+        rows.append(
+            [
+                name,
+                s["total_s"]["n"],
+                ms(s["startup_s"]["median"]),
+                ms(s["imports_s"]["median"]),
+                ms(s["init_s"]["median"]),
+                ms(s["invoke_s"]["median"]),
+                f"{ms(s['spawn_to_answer_s']['median'])} / {ms(s['spawn_to_answer_s']['p90'])}",
+                ms(s["cpu_total_s"]["median"]),
+                "" if ratio is None else f"{ratio:.2f}x / {ratio_cpu:.2f}x",
+                "" if ratio is None else ("met" if ratio <= TARGET else "MISSED"),
+            ]
+        )
+    reports = {
+        "webhook": import_report(imports["webhook"], imports["webhook-floor"]),
+        "delivery": import_report(imports["delivery"], imports["delivery-floor"]),
+    }
+    out = write_result(
+        args.out,
+        {
+            "benchmark": "cold_start",
+            "rounds": rounds,
+            "delivery_batch": args.delivery_batch,
+            "target_ratio": TARGET,
+            "summary": summary,
+            "verdicts": verdicts,
+            "importtime": reports,
+            "trace_datagrams": trace_datagrams,
+            "runs": runs,
+        },
+    )
+    print(f"## Cold start ({rounds} fresh processes each; medians in ms)\n")
+    headers = ["variant", "n", "startup", "imports", "init", "1st invoke"]
+    headers += ["spawn→answer (median / p90)", "CPU to answer", "vs floor (wall / CPU)"]
+    headers += [f"≤ {TARGET}x (wall)"]
+    print(markdown_table(headers, rows))
+    for name, report in reports.items():
+        print(
+            f"\n### `-X importtime`: {name} (self total {report['total_self_ms']:.0f} ms, ", end=""
+        )
+        print(
+            f"floor {report['floor_total_self_ms']:.0f} ms; modules {report['modules']} vs ", end=""
+        )
+        print(f"{report['floor_modules']})\n")
+        top = [
+            [r["module"], r["depth"], f"{r['cumulative_ms']:.1f}"] for r in report["top_cumulative"]
+        ]
+        print(markdown_table(["module", "depth", "cumulative ms"], top))
+        extra = list(report["relay_only_by_package_ms"].items())[:8]
+        print("\nImported by the relay only (self ms, by package): ", end="")
+        print(", ".join(f"{package} {value:.0f}" for package, value in extra))
+    print(f"\nX-Ray segments received from traced runs: {trace_datagrams}. Wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
