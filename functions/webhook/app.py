@@ -74,10 +74,9 @@ def relay_error(error: RelayError, provider: str | None) -> dict[str, Any]:
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     relay.idempotency.start_invocation(context)
-    http = (event.get("requestContext") or {}).get("http") or {}
     state: dict[str, Any] = {}
     try:
-        if (http.get("method"), http.get("path")) != ROUTE:
+        if _route(event) != ROUTE:
             return _json(404, {"message": "not found: the relay serves POST /v1/messages"})
         return post_message(event, context, state)
     except RelayError as error:
@@ -89,6 +88,16 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         return _json(500, {"message": "internal error"})
     finally:
         outcomes.flush()
+
+
+def _route(event: dict[str, Any]) -> tuple[str | None, str]:
+    """Method and path; a named stage's prefix comes off the path, as Powertools does."""
+    context = event.get("requestContext") or {}
+    path = event.get("rawPath") or ""
+    stage = context.get("stage") or "$default"
+    if stage != "$default":
+        path = path.removeprefix(f"/{stage}")
+    return (context.get("http") or {}).get("method"), path
 
 
 def _json(

@@ -330,6 +330,32 @@ def test_unknown_route_is_404(webhook):
     assert ev_answer["statusCode"] == 404
 
 
+def test_a_named_stage_prefix_is_not_part_of_the_route(webhook, lancepilot):
+    event = _event("http_post_lancepilot.json")
+    event["headers"].update(bearer())
+    event["rawPath"] = "/prod/v1/messages"
+    event["requestContext"] = {**event["requestContext"], "stage": "prod"}
+
+    answer = webhook.module.lambda_handler(event, LambdaContext())
+
+    assert answer["statusCode"] == 201
+    assert len(lancepilot.accepted()) == 1
+
+
+def test_another_method_on_the_route_is_404(webhook, lancepilot):
+    event = _event("http_post_lancepilot.json")
+    event["headers"].update(bearer())
+    event["requestContext"] = {
+        **event["requestContext"],
+        "http": {**event["requestContext"]["http"], "method": "GET"},
+    }
+
+    answer = webhook.module.lambda_handler(event, LambdaContext())
+
+    assert answer["statusCode"] == 404
+    assert lancepilot.received == []
+
+
 def _event(name):
     return load_event(name)
 
