@@ -464,3 +464,33 @@ def test_a_cold_batch_reads_the_provider_tokens_once(relay_env, aws, lancepilot,
 
     assert (result.received, result.failed) == (10, [])
     assert asked == ["webhook-relay/provider-tokens"]
+
+
+def test_secrets_manager_down_costs_a_cold_batch_one_attempt(relay_env, aws, lancepilot):
+    # The threads that waited for a failed fetch fail with it, rather than each trying in turn.
+    from botocore.exceptions import ClientError
+
+    if boto3.DEFAULT_SESSION is None:
+        boto3.setup_default_session()
+    events = boto3.DEFAULT_SESSION.events
+    asked: list[str] = []
+
+    def unavailable(params: dict, **_: object) -> None:
+        asked.append(params["SecretId"])
+        time.sleep(0.05)
+        raise ClientError({"Error": {"Code": "InternalServiceError"}}, "GetSecretValue")
+
+    events.register("before-parameter-build.secrets-manager.GetSecretValue", unavailable)
+    try:
+        handler = load_function("delivery").lambda_handler
+        delivery = EventSourceMapping(aws.sqs, aws.queue_url, handler, wait_seconds=0)
+        ids = [send(aws, lancepilot_message(text=f"lp {i}")) for i in range(10)]
+
+        result = delivery.poll_once()
+    finally:
+        events.unregister("before-parameter-build.secrets-manager.GetSecretValue", unavailable)
+
+    assert sorted(result.failed) == sorted(ids)  # every message comes back, none parked
+    assert asked == ["webhook-relay/provider-tokens"]
+    assert lancepilot.received == []
+    assert dead_letters(aws) == []

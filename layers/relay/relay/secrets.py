@@ -11,7 +11,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from relay.auth import AuthKeys
-from relay.errors import DependencyUnavailable, Misconfigured
+from relay.errors import DependencyUnavailable, Misconfigured, RelayError
 
 if TYPE_CHECKING:
     import boto3
@@ -40,24 +40,37 @@ class SecretsManagerStore:
     Not Powertools' SecretsProvider: its package loads every parameter provider at cold start
     (30 to 40 ms, docs/performance.md) for what is one call and a cache here. When a cached
     secret runs out, one thread fetches it and a batch's other threads wait for that answer
-    rather than each asking Secrets Manager.
+    rather than each asking Secrets Manager; if the fetch fails, the threads that waited for it
+    fail with it instead of each trying (and timing out) in turn.
     """
 
     def __init__(self, session: boto3.session.Session, max_age: int) -> None:
         self._max_age = max_age
         self._client = session.client("secretsmanager", config=FAST_FAIL)
         self._cache: dict[str, tuple[float, Any]] = {}
+        self._failed: dict[str, tuple[float, RelayError]] = {}
         self._lock = threading.Lock()
 
     def get_json(self, secret_id: str) -> Any:
         value = self._fresh(secret_id)
         if value is not None:
             return value
+        asked_at = time.monotonic()
         with self._lock:
             value = self._fresh(secret_id)  # another thread may have fetched it meanwhile
-            if value is None:
+            if value is not None:
+                return value
+            failed_at, error = self._failed.get(secret_id, (float("-inf"), None))
+            if error is not None and failed_at >= asked_at:
+                # The fetch this thread waited for has just failed. A fresh error each time:
+                # the caller sets the message's relay id on it.
+                raise type(error)(error.message) from None
+            try:
                 value = self._fetch(secret_id)
-                self._cache[secret_id] = (time.monotonic(), value)
+            except RelayError as fetch_error:
+                self._failed[secret_id] = (time.monotonic(), fetch_error)
+                raise
+            self._cache[secret_id] = (time.monotonic(), value)
             return value
 
     def _fresh(self, secret_id: str) -> Any:
