@@ -6,7 +6,8 @@ import base64
 import copy
 import io
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,35 @@ def failing_aws_call() -> Any:
     yield arm
     for event, handler in registered:
         session.events.unregister(event, handler)
+
+
+@dataclass
+class SecretReads:
+    """Each GetSecretValue the handlers make, by secret id, seen at botocore's boundary."""
+
+    asked: list[str] = field(default_factory=list)
+    delay: float = 0.0  # as Secrets Manager over a network would take, not moto in-process
+    down: bool = False  # answer as a Secrets Manager outage would
+
+    def __call__(self, params: dict[str, Any], **_: Any) -> None:
+        from botocore.exceptions import ClientError
+
+        self.asked.append(params["SecretId"])
+        time.sleep(self.delay)
+        if self.down:
+            raise ClientError({"Error": {"Code": "InternalServiceError"}}, "GetSecretValue")
+
+
+@pytest.fixture
+def secret_reads() -> Any:
+    """Watch GetSecretValue on clients created after: load the handler once this is set up."""
+    if boto3.DEFAULT_SESSION is None:
+        boto3.setup_default_session()
+    events = boto3.DEFAULT_SESSION.events
+    reads = SecretReads()
+    events.register("before-parameter-build.secrets-manager.GetSecretValue", reads)
+    yield reads
+    events.unregister("before-parameter-build.secrets-manager.GetSecretValue", reads)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-import boto3
 import pytest
 
 from relay_local.esm import EventSourceMapping, event_record
@@ -439,58 +438,35 @@ def test_a_redriven_dead_letter_keeps_only_its_new_reason(delivery, aws, lancepi
     assert "gave up" not in attribute(second, "ErrorMessage")
 
 
-def test_a_cold_batch_reads_the_provider_tokens_once(relay_env, aws, lancepilot, fluents):
+def test_a_cold_batch_reads_the_provider_tokens_once(
+    relay_env, aws, lancepilot, fluents, secret_reads
+):
     # Ten sends start together on a cold cache: one GetSecretValue, not one per thread.
-    if boto3.DEFAULT_SESSION is None:
-        boto3.setup_default_session()
-    events = boto3.DEFAULT_SESSION.events  # clients made from here on (the handler's) emit here
-    asked: list[str] = []
+    secret_reads.delay = 0.05
+    handler = load_function("delivery").lambda_handler
+    delivery = EventSourceMapping(aws.sqs, aws.queue_url, handler, wait_seconds=0)
+    for i in range(5):
+        send(aws, lancepilot_message(text=f"lp {i}"))
+        send(aws, fluents_message(text=f"fl {i}"))
 
-    def count(params: dict, **_: object) -> None:
-        asked.append(params["SecretId"])
-        time.sleep(0.05)  # Secrets Manager over a network, not moto in-process
-
-    events.register("before-parameter-build.secrets-manager.GetSecretValue", count)
-    try:
-        handler = load_function("delivery").lambda_handler
-        delivery = EventSourceMapping(aws.sqs, aws.queue_url, handler, wait_seconds=0)
-        for i in range(5):
-            send(aws, lancepilot_message(text=f"lp {i}"))
-            send(aws, fluents_message(text=f"fl {i}"))
-
-        result = delivery.poll_once()
-    finally:
-        events.unregister("before-parameter-build.secrets-manager.GetSecretValue", count)
+    result = delivery.poll_once()
 
     assert (result.received, result.failed) == (10, [])
-    assert asked == ["webhook-relay/provider-tokens"]
+    assert secret_reads.asked == ["webhook-relay/provider-tokens"]
 
 
-def test_secrets_manager_down_costs_a_cold_batch_one_attempt(relay_env, aws, lancepilot):
-    # The threads that waited for a failed fetch fail with it, rather than each trying in turn.
-    from botocore.exceptions import ClientError
+def test_secrets_manager_down_costs_a_cold_batch_one_attempt(
+    relay_env, aws, lancepilot, secret_reads
+):
+    # After a failed fetch the store fails calls at once for a while, rather than each trying.
+    secret_reads.delay, secret_reads.down = 0.05, True
+    handler = load_function("delivery").lambda_handler
+    delivery = EventSourceMapping(aws.sqs, aws.queue_url, handler, wait_seconds=0)
+    ids = [send(aws, lancepilot_message(text=f"lp {i}")) for i in range(10)]
 
-    if boto3.DEFAULT_SESSION is None:
-        boto3.setup_default_session()
-    events = boto3.DEFAULT_SESSION.events
-    asked: list[str] = []
-
-    def unavailable(params: dict, **_: object) -> None:
-        asked.append(params["SecretId"])
-        time.sleep(0.05)
-        raise ClientError({"Error": {"Code": "InternalServiceError"}}, "GetSecretValue")
-
-    events.register("before-parameter-build.secrets-manager.GetSecretValue", unavailable)
-    try:
-        handler = load_function("delivery").lambda_handler
-        delivery = EventSourceMapping(aws.sqs, aws.queue_url, handler, wait_seconds=0)
-        ids = [send(aws, lancepilot_message(text=f"lp {i}")) for i in range(10)]
-
-        result = delivery.poll_once()
-    finally:
-        events.unregister("before-parameter-build.secrets-manager.GetSecretValue", unavailable)
+    result = delivery.poll_once()
 
     assert sorted(result.failed) == sorted(ids)  # every message comes back, none parked
-    assert asked == ["webhook-relay/provider-tokens"]
+    assert secret_reads.asked == ["webhook-relay/provider-tokens"]
     assert lancepilot.received == []
     assert dead_letters(aws) == []

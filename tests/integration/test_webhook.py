@@ -13,10 +13,12 @@ from relay_local.lambda_runtime import LambdaContext, load_function
 from relay_local.sandbox import Fault
 from tests.conftest import (
     API_KEY,
+    AUTH_SECRET,
     SECOND_API_KEY,
     SECOND_SIGNING_SECRET,
     SIGNING_SECRET,
     TOKENS,
+    TOKENS_SECRET,
     WORKSPACE,
     Webhook,
     bearer,
@@ -584,6 +586,48 @@ def test_malformed_auth_secret_fails_closed_with_500(webhook, aws, lancepilot):
     assert answer.status == 500
     assert "auth secret" in answer.json["message"]
     assert lancepilot.received == []
+
+
+def test_a_binary_auth_secret_fails_closed_with_500_not_a_retry(webhook, aws, lancepilot):
+    aws.secrets.put_secret_value(SecretId=AUTH_SECRET, SecretBinary=b'{"api_keys": []}')
+
+    answer = webhook.post(lancepilot_message(), headers=bearer())
+
+    assert answer.status == 500  # an operator must fix it: a 503 would invite futile retries
+    assert "retry-after" not in answer.headers
+    assert answer.json["message"] == "a relay secret holds no text"
+    assert lancepilot.received == []
+
+
+def test_a_secret_holding_null_is_cached_like_any_other(relay_env, aws, lancepilot, secret_reads):
+    aws.secrets.put_secret_value(SecretId=AUTH_SECRET, SecretString="null")
+    webhook = Webhook(load_function("webhook"))
+
+    answers = [webhook.post(lancepilot_message(), headers=bearer()) for _ in range(3)]
+
+    assert [a.status for a in answers] == [500, 500, 500]
+    assert secret_reads.asked == [AUTH_SECRET]
+
+
+def test_after_a_failed_secret_read_the_relay_holds_off_then_asks_again(
+    relay_env, monkeypatch, lancepilot, secret_reads
+):
+    monkeypatch.setattr("relay.secrets.FAILURE_HOLD_SECONDS", 0.3)
+    webhook = Webhook(load_function("webhook"))
+    secret_reads.down = True
+
+    during = [webhook.post(lancepilot_message(), headers=bearer()) for _ in range(3)]
+    secret_reads.down = False
+    held = webhook.post(lancepilot_message(), headers=bearer())
+    time.sleep(0.35)
+    after = webhook.post(lancepilot_message(), headers=bearer())
+
+    assert [a.status for a in during] == [503, 503, 503]
+    assert held.status == 503
+    assert held.headers["retry-after"] == "5"
+    assert after.status == 201
+    assert secret_reads.asked == [AUTH_SECRET, AUTH_SECRET, TOKENS_SECRET]
+    assert len(lancepilot.received) == 1
 
 
 def test_secrets_are_cached_across_invocations(webhook, aws, lancepilot):

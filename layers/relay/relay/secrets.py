@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -27,6 +28,12 @@ FAST_FAIL = Config(
 )
 AWS_CALL_LIMIT_SECONDS = (_CONNECT + _READ) * _ATTEMPTS  # the longest one such call can take
 
+# After a failed fetch, calls fail at once for this long instead of asking again: a batch's
+# threads then cost Secrets Manager one attempt, not one each. Shorter than the 5 s Retry-After
+# of DependencyUnavailable, so a caller who waits as told gets a fresh attempt.
+FAILURE_HOLD_SECONDS = 2.0
+_MISSING = object()  # not cached; a secret may hold JSON null
+
 
 class SecretStore(Protocol):
     """Where JSON secrets come from."""
@@ -40,8 +47,8 @@ class SecretsManagerStore:
     Not Powertools' SecretsProvider: its package loads every parameter provider at cold start
     (30 to 40 ms, docs/performance.md) for what is one call and a cache here. When a cached
     secret runs out, one thread fetches it and a batch's other threads wait for that answer
-    rather than each asking Secrets Manager; if the fetch fails, the threads that waited for it
-    fail with it instead of each trying (and timing out) in turn.
+    rather than each asking Secrets Manager; if the fetch fails, every call in the next
+    ``FAILURE_HOLD_SECONDS`` fails with it instead of trying (and timing out) in turn.
     """
 
     def __init__(self, session: boto3.session.Session, max_age: int) -> None:
@@ -53,23 +60,21 @@ class SecretsManagerStore:
 
     def get_json(self, secret_id: str) -> Any:
         value = self._fresh(secret_id)
-        if value is not None:
+        if value is not _MISSING:
             return value
-        asked_at = time.monotonic()
         with self._lock:
             value = self._fresh(secret_id)  # another thread may have fetched it meanwhile
-            if value is not None:
+            if value is not _MISSING:
                 return value
             failed_at, error = self._failed.get(secret_id, (float("-inf"), None))
-            if error is not None and failed_at >= asked_at:
-                # The fetch this thread waited for has just failed. A fresh error each time:
-                # the caller sets the message's relay id on it.
-                raise type(error)(error.message) from None
+            if error is not None and time.monotonic() - failed_at < FAILURE_HOLD_SECONDS:
+                raise _renewed(error) from None
             try:
                 value = self._fetch(secret_id)
             except RelayError as fetch_error:
                 self._failed[secret_id] = (time.monotonic(), fetch_error)
                 raise
+            self._failed.pop(secret_id, None)
             self._cache[secret_id] = (time.monotonic(), value)
             return value
 
@@ -77,20 +82,30 @@ class SecretsManagerStore:
         cached = self._cache.get(secret_id)
         if cached is not None and time.monotonic() - cached[0] < self._max_age:
             return cached[1]
-        return None
+        return _MISSING
 
     def _fetch(self, secret_id: str) -> Any:
         try:
-            raw = self._client.get_secret_value(SecretId=secret_id)["SecretString"]
-        except (BotoCoreError, ClientError, KeyError):
+            answer = self._client.get_secret_value(SecretId=secret_id)
+        except (BotoCoreError, ClientError):
             # Never echo the SDK's message: it can hold the secret's ARN and account.
             raise DependencyUnavailable(
                 "the relay could not read its secrets; retry later"
             ) from None
+        raw = answer.get("SecretString")
+        if raw is None:  # a binary secret: retrying will not help, an operator must fix it
+            raise Misconfigured("a relay secret holds no text")
         try:
             return json.loads(raw)
         except ValueError:
             raise Misconfigured("a relay secret is not valid JSON") from None
+
+
+def _renewed(error: RelayError) -> RelayError:
+    """A copy for each caller, which stamps its own message's relay id on it."""
+    again = copy.copy(error)
+    again.relay_id = None
+    return again
 
 
 class Credentials:
