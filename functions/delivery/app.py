@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import base64
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from relay.batch import BatchRun
-from relay.config import PROVIDERS
+from relay.batch import BatchRun, send_lanes
 from relay.observability import logger, metrics, outcomes, tracer
 from relay.queue_worker import QueuedMessage
 from relay.runtime import Relay
@@ -21,8 +19,7 @@ if TYPE_CHECKING:
 
 relay = Relay.from_env()
 worker = relay.worker()
-# Sends block on the network: threads carry them, at most the per-provider limit each.
-executor = ThreadPoolExecutor(max_workers=relay.settings.provider_concurrency * len(PROVIDERS))
+lanes = send_lanes(relay.settings)  # threads are started on first use, kept across invocations
 
 
 @logger.inject_lambda_context
@@ -30,7 +27,7 @@ executor = ThreadPoolExecutor(max_workers=relay.settings.provider_concurrency * 
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     relay.idempotency.start_invocation(context)
-    run = BatchRun(worker, relay.settings, executor, context.get_remaining_time_in_millis)
+    run = BatchRun(worker, relay.settings, lanes, context.get_remaining_time_in_millis)
     try:
         return run.partial_response(event.get("Records") or [], _queued)
     finally:

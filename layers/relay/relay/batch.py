@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from relay.config import PROVIDERS
@@ -19,7 +18,8 @@ if TYPE_CHECKING:
 
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 
-    from relay.config import Settings
+    from relay.config import ProviderName, Settings
+    from relay.message import Message
     from relay.queue_worker import Outcome, QueuedMessage, QueueWorker
 
 # Kept back from the Lambda's remaining time after a send: the idempotency write and a
@@ -27,26 +27,39 @@ if TYPE_CHECKING:
 BATCH_MARGIN_SECONDS = 1.0 + 2 * AWS_CALL_LIMIT_SECONDS
 
 
+def send_lanes(settings: Settings) -> dict[ProviderName | None, Executor]:
+    """Threads for a batch's sends, made once per process: one pool per provider, sized to its
+    limit, so a slow provider holds up only its own messages; and one (key None) for messages
+    that are not valid, which go to the dead-letter queue without a send.
+
+    Plain thread pools, not asyncio: its import costs about 10 ms of every cold start
+    (docs/performance.md), and the sends block on sockets anyway.
+    """
+    size = settings.provider_concurrency
+    return {
+        lane: ThreadPoolExecutor(size, thread_name_prefix=f"send-{lane or 'invalid'}")
+        for lane in (*PROVIDERS, None)
+    }
+
+
 class BatchRun:
     """One invocation's records, all at once; answers which of them SQS must deliver again.
 
-    A slow provider holds only its own messages: each provider has its own limit on sends in
-    flight. A message whose send cannot finish before the Lambda's timeout is handed back
-    unsent rather than cut off mid-send.
+    A message whose send cannot finish before the Lambda's timeout is handed back unsent rather
+    than cut off mid-send.
     """
 
     def __init__(
         self,
         worker: QueueWorker,
         settings: Settings,
-        executor: Executor,
+        lanes: Mapping[ProviderName | None, Executor],
         remaining_ms: Callable[[], int],
     ) -> None:
         self._worker = worker
         self._settings = settings
-        self._executor = executor
+        self._lanes = lanes
         self._remaining_ms = remaining_ms
-        self._limits = {p: asyncio.Semaphore(settings.provider_concurrency) for p in PROVIDERS}
 
     def partial_response(
         self,
@@ -58,44 +71,30 @@ class BatchRun:
         Built here rather than by Powertools' batch utility, whose package imports every event
         class at cold start (docs/performance.md); the contract is the same.
         """
-
-        async def failed(record: Mapping[str, Any]) -> str | None:
-            try:
-                await self(read(record))
-            except Redeliver:  # its backoff is set: SQS brings it back
-                return str(record["messageId"])
-            except Exception as error:
-                # The type only: an exception's text can carry message data.
-                logger.error(
-                    "unexpected error; the record comes back", extra={"error": type(error).__name__}
-                )
-                return str(record["messageId"])
-            return None
-
-        async def every() -> list[str | None]:
-            return await asyncio.gather(*(failed(record) for record in records))
-
+        # A record without an id fails the whole invocation, before anything is sent.
+        sends = [(str(record["messageId"]), self._start(record, read)) for record in records]
         return {
             "batchItemFailures": [
-                {"itemIdentifier": message_id}
-                for message_id in asyncio.run(every())
-                if message_id is not None
+                {"itemIdentifier": message_id} for message_id, send in sends if not _succeeded(send)
             ]
         }
 
-    async def __call__(self, queued: QueuedMessage) -> Outcome:
-        message = self._worker.parse(queued)
-        limit = (
-            contextlib.nullcontext()
-            if isinstance(message, RelayError)
-            else self._limits[message.provider]
-        )
-        async with limit:
-            deadline = self._deadline()
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._executor, self._worker.process, queued, message, deadline
-            )
+    def _start(
+        self, record: Mapping[str, Any], read: Callable[[Mapping[str, Any]], QueuedMessage]
+    ) -> Future[Outcome]:
+        try:
+            queued = read(record)
+            message = self._worker.parse(queued)
+        except Exception as error:
+            unread: Future[Outcome] = Future()
+            unread.set_exception(error)
+            return unread
+        lane = None if isinstance(message, RelayError) else message.provider
+        return self._lanes[lane].submit(self._send, queued, message)
+
+    def _send(self, queued: QueuedMessage, message: Message | RelayError) -> Outcome:
+        # The deadline is taken when a thread is free to send, not when the batch arrived.
+        return self._worker.process(queued, message, self._deadline())
 
     def _deadline(self) -> float | None:
         """When this send must end, or None if not even one whole attempt fits any more."""
@@ -104,3 +103,17 @@ class BatchRun:
         if room < min(s.send_budget, s.connect_timeout + s.read_timeout):
             return None
         return time.monotonic() + room
+
+
+def _succeeded(send: Future[Outcome]) -> bool:
+    try:
+        send.result()
+    except Redeliver:  # its backoff is set: SQS brings it back
+        return False
+    except Exception as error:
+        # The type only: an exception's text can carry message data.
+        logger.error(
+            "unexpected error; the record comes back", extra={"error": type(error).__name__}
+        )
+        return False
+    return True
