@@ -1,0 +1,53 @@
+"""What each handler loads at init: the modules taken out of the cold start stay out.
+
+docs/performance.md measured each of these at 10 to 40 ms of every cold start. A dependency
+upgrade or a convenient import can bring one back without failing anything else, so each
+handler is loaded here as Lambda loads it: a fresh interpreter, tracing on as deployed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+KEPT_OUT = {
+    "asyncio": "wrapt 2.x (under the X-Ray SDK) or an async batch imports it",
+    "aws_lambda_powertools.event_handler": "the webhook routes its one route by hand",
+    "aws_lambda_powertools.utilities.batch": "BatchRun builds the partial batch response",
+    "aws_lambda_powertools.utilities.parameters": "relay.secrets reads Secrets Manager itself",
+}
+
+# Load functions/<name>/app.py as the Lambda bootstrap does, then list what is loaded.
+_LOAD = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("app", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules["app"] = module
+spec.loader.exec_module(module)
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("function", ["webhook", "delivery"])
+def test_a_handler_loads_without_what_was_taken_out_of_its_cold_start(relay_env, function):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "layers" / "relay")}
+    env.pop("POWERTOOLS_TRACE_DISABLED")
+    env["AWS_XRAY_CONTEXT_MISSING"] = "IGNORE_ERROR"
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(REPO / "functions" / function / "app.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+
+    assert "aws_xray_sdk.core" in loaded  # tracing is on, as deployed
+    assert {name: why for name, why in KEPT_OUT.items() if name in loaded} == {}
