@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import boto3
 
@@ -11,11 +12,13 @@ from relay.config import Settings
 from relay.delivery import Deliverer
 from relay.idempotency import Idempotency
 from relay.message import Defaults
-from relay.queue_worker import QueueWorker
 from relay.queues import Queues
 from relay.secrets import Credentials, SecretsManagerStore
-from relay.service import MessageService
 from relay.transport import Transport
+
+if TYPE_CHECKING:
+    from relay.queue_worker import QueueWorker
+    from relay.service import MessageService
 
 # Time kept back from the Lambda's remaining time to shape and return the answer.
 ANSWER_MARGIN_SECONDS = 1.5
@@ -54,10 +57,14 @@ class Relay:
 
     def service(self) -> MessageService:
         """What the webhook does with accepted messages."""
+        from relay.service import MessageService  # the webhook's alone: not in delivery's init
+
         return MessageService(self.deliverer, self.queues, self.idempotency)
 
     def worker(self) -> QueueWorker:
         """What the delivery function does with queued messages."""
+        from relay.queue_worker import QueueWorker  # delivery's alone: not in the webhook's init
+
         return QueueWorker(
             self.settings, self.defaults, self.deliverer, self.queues, self.idempotency
         )
