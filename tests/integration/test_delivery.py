@@ -290,6 +290,22 @@ def test_concurrency_is_bounded_per_provider(relay_env, monkeypatch, aws, lancep
     assert max(r.at for r in lancepilot.received) - first_round >= 0.35
 
 
+def test_a_record_without_an_id_fails_the_batch_before_anything_is_sent(relay_env, aws, lancepilot):
+    # Without its id a record cannot be reported alone: SQS must bring the whole batch back,
+    # and no send may be left running after the handler has raised.
+    handler = load_function("delivery").lambda_handler
+    for i in range(3):
+        send(aws, lancepilot_message(text=str(i)))
+    records = [_record(aws) for _ in range(3)]
+    del records[2]["messageId"]
+
+    with pytest.raises(KeyError):
+        handler({"Records": records}, LambdaContext())
+    time.sleep(0.5)  # a send left running would have reached the provider by now
+
+    assert lancepilot.received == []
+
+
 # --- idempotency ------------------------------------------------------------------------------
 
 

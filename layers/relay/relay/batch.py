@@ -32,8 +32,8 @@ def send_lanes(settings: Settings) -> dict[ProviderName | None, Executor]:
     limit, so a slow provider holds up only its own messages; and one (key None) for messages
     that are not valid, which go to the dead-letter queue without a send.
 
-    Plain thread pools, not asyncio: its import costs about 10 ms of every cold start
-    (docs/performance.md), and the sends block on sockets anyway.
+    Plain thread pools, not asyncio: its import costs about 20 ms of every cold start (-X
+    importtime, docs/performance.md), and the sends block on sockets anyway.
     """
     size = settings.provider_concurrency
     return {
@@ -72,10 +72,14 @@ class BatchRun:
         class at cold start (docs/performance.md); the contract is the same.
         """
         # A record without an id fails the whole invocation, before anything is sent.
-        sends = [(str(record["messageId"]), self._start(record, read)) for record in records]
+        ids = [str(record["messageId"]) for record in records]
+        sends = [self._start(record, read) for record in records]
+        # Every send is waited for: none may outlive the invocation (its outcomes go unflushed).
         return {
             "batchItemFailures": [
-                {"itemIdentifier": message_id} for message_id, send in sends if not _succeeded(send)
+                {"itemIdentifier": message_id}
+                for message_id, send in zip(ids, sends, strict=True)
+                if not _succeeded(send)
             ]
         }
 
