@@ -612,14 +612,14 @@ def test_a_secret_holding_null_is_cached_like_any_other(relay_env, aws, lancepil
 def test_after_a_failed_secret_read_the_relay_holds_off_then_asks_again(
     relay_env, monkeypatch, lancepilot, secret_reads
 ):
-    monkeypatch.setattr("relay.secrets.FAILURE_HOLD_SECONDS", 0.3)
+    monkeypatch.setattr("relay.secrets.FAILURE_HOLD_SECONDS", 1.0)  # the posts take milliseconds
     webhook = Webhook(load_function("webhook"))
     secret_reads.down = True
 
     during = [webhook.post(lancepilot_message(), headers=bearer()) for _ in range(3)]
     secret_reads.down = False
     held = webhook.post(lancepilot_message(), headers=bearer())
-    time.sleep(0.35)
+    time.sleep(1.05)
     after = webhook.post(lancepilot_message(), headers=bearer())
 
     assert [a.status for a in during] == [503, 503, 503]

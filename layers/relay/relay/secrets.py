@@ -72,7 +72,8 @@ class SecretsManagerStore:
             try:
                 value = self._fetch(secret_id)
             except RelayError as fetch_error:
-                self._failed[secret_id] = (time.monotonic(), fetch_error)
+                # A copy: it holds no traceback (the caller's frames) and no relay id.
+                self._failed[secret_id] = (time.monotonic(), _renewed(fetch_error))
                 raise
             self._failed.pop(secret_id, None)
             self._cache[secret_id] = (time.monotonic(), value)
