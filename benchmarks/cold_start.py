@@ -192,7 +192,7 @@ def main() -> None:
             f = summary[floor]
             ratio = s["spawn_to_answer_s"]["median"] / f["spawn_to_answer_s"]["median"]
             ratio_cpu = s["cpu_total_s"]["median"] / f["cpu_total_s"]["median"]
-            # Each round runs relay and floor back to back: the median of those pairs' ratios
+            # Each round runs every variant once: the median of each round's relay/floor
             # is less swayed by the machine drifting between rounds than the medians' ratio.
             paired = statistics.median(
                 r["spawn_to_answer_s"] / f_r["spawn_to_answer_s"]

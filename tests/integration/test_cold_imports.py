@@ -3,6 +3,8 @@
 docs/performance.md measured each of these at 10 to 40 ms of every cold start. A dependency
 upgrade or a convenient import can bring one back without failing anything else, so each
 handler is loaded here as Lambda loads it: a fresh interpreter, tracing on as deployed.
+Init only: the first invocation is part of the cold start too, and the benchmark's timings
+and `-X importtime` (benchmarks/cold_start.py) are what watch it.
 """
 
 from __future__ import annotations
