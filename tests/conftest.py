@@ -203,6 +203,18 @@ def logs() -> Any:
         logger.registered_handler.setStream(previous)
 
 
+def handler_session() -> boto3.session.Session:
+    """The session the handlers' clients come from (Relay.from_env uses the default one).
+
+    Hooks registered on its events reach only clients created afterwards: load the handler
+    after a fixture that uses this.
+    """
+    if boto3.DEFAULT_SESSION is None:
+        boto3.setup_default_session()
+    assert boto3.DEFAULT_SESSION is not None
+    return boto3.DEFAULT_SESSION
+
+
 @pytest.fixture
 def failing_aws_call() -> Any:
     """Make the next AWS call of a kind fail, at botocore's boundary, for clients created after.
@@ -212,9 +224,7 @@ def failing_aws_call() -> Any:
     """
     from botocore.exceptions import ClientError
 
-    if boto3.DEFAULT_SESSION is None:
-        boto3.setup_default_session()
-    session = boto3.DEFAULT_SESSION
+    session = handler_session()
     registered = []
 
     def arm(operation: str, times: int = 1) -> None:
@@ -257,9 +267,7 @@ class SecretReads:
 @pytest.fixture
 def secret_reads() -> Any:
     """Watch GetSecretValue on clients created after: load the handler once this is set up."""
-    if boto3.DEFAULT_SESSION is None:
-        boto3.setup_default_session()
-    events = boto3.DEFAULT_SESSION.events
+    events = handler_session().events
     reads = SecretReads()
     events.register("before-parameter-build.secrets-manager.GetSecretValue", reads)
     yield reads

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import re
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
 from relay_local.lambda_runtime import LambdaContext
 from relay_local.sandbox import Fault
-from tests.conftest import bearer, fluents_message
+from tests.conftest import bearer, fluents_message, handler_session
 from tests.property.test_delivery_properties import drain, record
 
 SQS_REFUSES = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -34,9 +33,7 @@ NAME_IDS = [*IDS, "U+D800"]
 def sqs_character_rules(aws):
     """SendMessage refuses what SQS refuses, for clients created after this fixture (and after
     moto's, which sets up a fresh default session)."""
-    if boto3.DEFAULT_SESSION is None:
-        boto3.setup_default_session()
-    session = boto3.DEFAULT_SESSION
+    session = handler_session()
 
     def check(params, **_):
         texts = {"MessageBody": params.get("MessageBody", "")}

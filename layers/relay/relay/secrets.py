@@ -66,9 +66,9 @@ class SecretsManagerStore:
             value = self._fresh(secret_id)  # another thread may have fetched it meanwhile
             if value is not _MISSING:
                 return value
-            failed_at, error = self._failed.get(secret_id, (float("-inf"), None))
-            if error is not None and time.monotonic() - failed_at < FAILURE_HOLD_SECONDS:
-                raise _renewed(error) from None
+            held = self._failed.get(secret_id)
+            if held is not None and time.monotonic() - held[0] < FAILURE_HOLD_SECONDS:
+                raise _renewed(held[1]) from None
             try:
                 value = self._fetch(secret_id)
             except RelayError as fetch_error:
