@@ -116,6 +116,7 @@ class HttpApi:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # see sandbox._Handler
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

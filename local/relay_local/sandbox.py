@@ -473,6 +473,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the body waits for the client's
+    # delayed ACK of the headers (about 40 ms), a stall no real provider's server has.
+    disable_nagle_algorithm = True
     server: _Server
     _fault: Fault | None = None
 
