@@ -35,10 +35,15 @@ def post_message(
         body=event.get("body") or "",
         base64_encoded=bool(event.get("isBase64Encoded")),
     )
-    message = read_message(request, relay.credentials, relay.defaults)
+    incoming = read_message(request, relay.credentials, relay.defaults)
+    message = incoming.message
     state["provider"] = message.provider  # for the metrics of a failure from here on
     outcome, replayed = service.accept(
-        message, request.raw_body(), request.headers, deadline, queue=prefers_async(request.headers)
+        message,
+        request.raw_body(),
+        incoming.idempotency_key,
+        deadline,
+        queue=prefers_async(request.headers),
     )
     if replayed:
         outcomes.count("DuplicatesSuppressed", message.provider)

@@ -221,3 +221,57 @@ def test_a_key_reused_for_another_message_is_422_on_either_path(webhook, aws):
         )
         assert answer.status == 422, (key, headers)
     assert len(queued(aws)) == 1
+
+
+# --- a queued key, on the delivery side -------------------------------------------------------
+
+
+def copy_of_first_queued(aws) -> dict:
+    """What a second SQS delivery of the message the webhook queued would carry."""
+    [message] = queued(aws)
+    return {
+        "QueueUrl": aws.queue_url,
+        "MessageBody": message["Body"],
+        "MessageAttributes": message["MessageAttributes"],
+    }
+
+
+def test_a_keyed_queued_message_is_sent_once_though_sqs_delivers_it_twice(
+    webhook, delivery, aws, lancepilot
+):
+    answer = webhook.post(lancepilot_message(idempotency_key="k-twice"), headers=ASYNC)
+    copy = copy_of_first_queued(aws)
+    delivery.drain()
+
+    aws.sqs.send_message(**copy)  # at-least-once: the same message, RelayId and all, again
+    delivery.drain()
+
+    assert answer.status == 202
+    assert len(lancepilot.accepted()) == 1
+    assert queued(aws) == []
+
+
+def test_a_producer_copy_of_a_key_the_webhook_queued_is_not_sent(
+    webhook, delivery, aws, lancepilot
+):
+    body = lancepilot_message(idempotency_key="k-queued-and-produced")
+    webhook.post(body, headers=ASYNC)
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=json.dumps(body))
+
+    delivery.drain()
+
+    assert len(lancepilot.accepted()) == 1
+    assert queued(aws) == []
+
+
+def test_a_sync_repeat_after_the_queued_message_went_out_still_gets_202(
+    webhook, delivery, aws, lancepilot
+):
+    body = lancepilot_message(idempotency_key="k-queued-then-sent")
+    first = webhook.post(body, headers=ASYNC)
+    delivery.drain()
+
+    again = webhook.post(body, headers=bearer())
+
+    assert (again.status, again.json) == (202, first.json)
+    assert len(lancepilot.accepted()) == 1

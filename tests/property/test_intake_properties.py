@@ -28,7 +28,7 @@ class StaticCredentials:
 def outcome(request: HttpRequest) -> Message | RelayError:
     """read_message's message, or the RelayError it raised (anything else propagates)."""
     try:
-        return read_message(request, StaticCredentials(), DEFAULTS)  # type: ignore[arg-type]
+        return read_message(request, StaticCredentials(), DEFAULTS).message  # type: ignore[arg-type]
     except RelayError as raised:
         error = raised
     assert 400 <= error.status < 500, f"{type(error).__name__} is a {error.status}"

@@ -69,6 +69,39 @@ def test_a_signed_request_sent_twice_is_delivered_once(webhook, lancepilot, text
     assert len(lancepilot.received) == (0 if async_ else 1)  # queued: the poller would send it
 
 
+# Headers the signature does not cover: a replayer can add or change any of them.
+unsigned_headers = st.fixed_dictionaries(
+    {},
+    optional={
+        "idempotency-key": st.text(
+            st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40
+        ),
+        "authorization": st.just("Bearer not-a-key"),
+        "x-forwarded-for": st.just("203.0.113.7"),
+    },
+)
+
+
+@given(replayed=unsigned_headers, async_=st.booleans())
+@HANDLER
+def test_a_replay_with_unsigned_headers_changed_is_not_sent_again(
+    webhook, lancepilot, replayed, async_
+):
+    lancepilot.reset()
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    body = json.dumps(lancepilot_message()).encode()
+    headers = {"content-type": "application/json", **signature_headers(body, msg_id=msg_id)}
+
+    first = webhook.post(raw=body, headers=headers)
+    prefer = {"prefer": "respond-async"} if async_ else {}
+    again = webhook.post(raw=body, headers={**headers, **replayed, **prefer})
+
+    assert first.status == 201
+    assert (again.status, again.json["id"]) == (201, first.json["id"])
+    assert again.headers["idempotent-replayed"] == "true"
+    assert len(lancepilot.received) == 1
+
+
 @given(
     age=st.integers(TOLERANCE_SECONDS + 1, 10**9) | st.integers(-(10**9), -TOLERANCE_SECONDS - 1)
 )

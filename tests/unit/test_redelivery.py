@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.idempotency import caller_key
-from relay.intake import prefers_async
+from relay.intake import caller_key, prefers_async
 from relay.message import Message
 from relay.queue_worker import MAX_VISIBILITY, redelivery_delay
 
@@ -45,7 +44,17 @@ def test_prefer_header(header, expected):
 def test_key_order_body_then_header_then_webhook_id():
     message = Message("fluents", "+14155550123", "hi", sender="+12025550143")
     headers = {"idempotency-key": "h", "webhook-id": "w"}
-    assert caller_key(Message(**{**message.__dict__, "idempotency_key": "b"}), headers) == "b"
-    assert caller_key(message, headers) == "h"
-    assert caller_key(message, {"webhook-id": "w"}) == "w"
-    assert caller_key(message, {"idempotency-key": "  "}) is None
+    keyed = Message(**{**message.__dict__, "idempotency_key": "b"})
+    assert caller_key(keyed, headers, signed=False) == "b"
+    assert caller_key(message, headers, signed=False) == "h"
+    assert caller_key(message, {"webhook-id": "w"}, signed=False) == "w"
+    assert caller_key(message, {"idempotency-key": "  "}, signed=False) is None
+
+
+def test_a_signed_request_is_keyed_by_what_its_signature_covers():
+    # Idempotency-Key is not signed: a replay that adds or changes it must not get a new key.
+    message = Message("fluents", "+14155550123", "hi", sender="+12025550143")
+    headers = {"idempotency-key": "h", "webhook-id": "w"}
+    assert caller_key(message, headers, signed=True) == "w"
+    keyed = Message(**{**message.__dict__, "idempotency_key": "b"})
+    assert caller_key(keyed, headers, signed=True) == "b"

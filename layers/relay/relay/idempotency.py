@@ -3,6 +3,8 @@
 A record is kept only for work that succeeded (a delivery, an enqueue); any failure deletes it,
 so a caller or a redrive can try again. Keys are the caller's (``idempotency_key``, the
 ``Idempotency-Key`` header, ``webhook-id``) or the relay's (``RelayId``, the SQS message id).
+An HTTP request keeps one record, whichever way it went: a delivery, or ``{"status": "queued"}``
+for a message the webhook queued, which the delivery function then sends under its relay id.
 """
 
 from __future__ import annotations
@@ -18,18 +20,16 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
-    IdempotencyItemNotFoundError,
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
-from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS
 
 from relay.errors import DependencyUnavailable, InvalidMessage, RelayError
 from relay.observability import logger
 from relay.secrets import FAST_FAIL
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable
 
     import boto3
     from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
@@ -39,11 +39,11 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound="Callable[..., dict[str, Any]]")
 
-# Explicit prefixes: Powertools' default embeds the module and function name, which differ
+# An explicit prefix: Powertools' default embeds the module and function name, which differ
 # between the two handlers; deliveries must share one key space across both entry points.
 DELIVER = "webhook-relay#deliver"
-ENQUEUE = "webhook-relay#enqueue"
 REPLAYED = "replayed"
+QUEUED = "queued"  # the status of a record the webhook kept for a message it queued
 
 
 class InProgress(RelayError):
@@ -63,18 +63,15 @@ class Idempotency:
             expires_after_seconds=ttl_seconds,
             response_hook=_mark_replayed,
         )
-        # One persistence layer per prefix: Powertools keeps the prefix on the layer itself.
-        self._stores: dict[str, DynamoDBPersistenceLayer] = {}
-        for prefix in (DELIVER, ENQUEUE):
-            store = DynamoDBPersistenceLayer(table_name=table, boto3_client=client)
-            store.configure(self.config, key_prefix=prefix)
-            self._stores[prefix] = store
+        # Powertools keeps the key prefix on the persistence layer itself.
+        self._store = DynamoDBPersistenceLayer(table_name=table, boto3_client=client)
+        self._store.configure(self.config, key_prefix=DELIVER)
 
     def start_invocation(self, context: LambdaContext) -> None:
         """Call on every invocation: in-progress records then expire with the Lambda's time."""
         self.config.register_lambda_context(context)
 
-    def once(self, function: F, prefix: str) -> F:
+    def once(self, function: F) -> F:
         """``function(request=..., **kwargs)`` runs once per ``request["key"]``.
 
         ``request`` is ``{"key": str, "message": dict}``; the same key with another message is
@@ -89,9 +86,9 @@ class Idempotency:
         wrapped = idempotent_function(
             functools.wraps(function)(remember),
             data_keyword_argument="request",
-            persistence_store=self._stores[prefix],
+            persistence_store=self._store,
             config=self.config,
-            key_prefix=prefix,
+            key_prefix=DELIVER,
         )
 
         def guarded(**kwargs: Any) -> dict[str, Any]:
@@ -110,23 +107,6 @@ class Idempotency:
             return result
 
         return guarded  # type: ignore[return-value]
-
-    def lookup(self, prefix: str, request: dict[str, Any]) -> dict[str, Any] | None:
-        """The result kept for ``request["key"]`` under ``prefix``, if its work is done."""
-        try:
-            record = self._stores[prefix].get_record(data=request)
-        except IdempotencyItemNotFoundError:
-            return None
-        except IdempotencyValidationError as error:
-            raise _refusal(error) from None
-        except Exception:
-            raise DependencyUnavailable("the idempotency store is unavailable") from None
-        if record is None or record.status == STATUS_CONSTANTS["EXPIRED"]:
-            return None
-        if record.status == STATUS_CONSTANTS["INPROGRESS"]:
-            raise _refusal(IdempotencyAlreadyInProgressError())
-        result = record.response_json_as_dict()
-        return _mark_replayed(result, record) if isinstance(result, dict) else None
 
 
 def _refusal(error: Exception) -> RelayError:
@@ -147,16 +127,6 @@ def request_for(key: str, message: Message) -> dict[str, Any]:
             "workspace": message.workspace,
         },
     }
-
-
-def caller_key(message: Message, headers: Mapping[str, str]) -> str | None:
-    """The HTTP caller's key: the body's, else ``Idempotency-Key``, else ``webhook-id``."""
-    return (
-        message.idempotency_key
-        or headers.get("idempotency-key", "").strip()[:255]
-        or headers.get("webhook-id", "").strip()[:255]
-        or None
-    )
 
 
 def _mark_replayed(response: Any, idempotent_data: DataRecord) -> Any:

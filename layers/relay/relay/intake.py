@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from relay.secrets import Credentials
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_KEY_LENGTH = 255
 
 
 @dataclass(frozen=True)
@@ -41,17 +42,41 @@ class HttpRequest:
         return body
 
 
-def read_message(request: HttpRequest, credentials: Credentials, defaults: Defaults) -> Message:
+@dataclass(frozen=True)
+class Incoming:
+    """An accepted request: its message, and the key that makes sending it idempotent."""
+
+    message: Message
+    idempotency_key: str | None
+
+
+def read_message(request: HttpRequest, credentials: Credentials, defaults: Defaults) -> Incoming:
     """Check and parse a POST /v1/messages request; raise the RelayError a caller should see."""
     body = _decode(request)
     size = len(body) if body is not None else len(request.body) * 3 // 4
     if size > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"the body is over {MAX_BODY_BYTES} bytes")
-    authenticate(request.headers, body or b"", credentials.auth_keys())
+    method = authenticate(request.headers, body or b"", credentials.auth_keys())
     if body is None:
         raise MalformedBody("the body is not valid base64")
     _check_content_type(request.headers.get("content-type"))
-    return parse_message(load_json(body), defaults)
+    message = parse_message(load_json(body), defaults)
+    return Incoming(message, caller_key(message, request.headers, signed=method == "signature"))
+
+
+def caller_key(message: Message, headers: Mapping[str, str], *, signed: bool) -> str | None:
+    """The caller's idempotency key: the body's, else ``Idempotency-Key``, else ``webhook-id``.
+
+    A signed request's key comes only from what the signature covers (the body, webhook-id):
+    a replay could add or change an unsigned ``Idempotency-Key`` to be sent again.
+    """
+    header = "" if signed else headers.get("idempotency-key", "").strip()
+    return (
+        message.idempotency_key
+        or header[:MAX_KEY_LENGTH]
+        or headers.get("webhook-id", "").strip()[:MAX_KEY_LENGTH]
+        or None
+    )
 
 
 def _decode(request: HttpRequest) -> bytes | None:

@@ -21,7 +21,7 @@ from relay.errors import (
     ProviderUnavailable,
     RelayError,
 )
-from relay.idempotency import DELIVER, REPLAYED, request_for
+from relay.idempotency import QUEUED, REPLAYED, request_for
 from relay.intake import load_json
 from relay.message import parse_message
 from relay.observability import logger, outcomes
@@ -84,7 +84,7 @@ class QueueWorker:
         self._defaults = defaults
         self._deliverer = deliverer
         self._queues = queues
-        self._deliver_once = idempotency.once(deliverer.deliver_record, DELIVER)
+        self._deliver_once = idempotency.once(deliverer.deliver_record)
 
     def parse(self, queued: QueuedMessage) -> Message | RelayError:
         """The message in the body, or why it cannot be one."""
@@ -151,6 +151,17 @@ class QueueWorker:
                 relay_id=relay_id,
                 deadline=deadline,
             )
+            if result.get(REPLAYED) and result.get("status") == QUEUED:
+                if result.get("id") != relay_id:
+                    return "duplicate"  # the webhook accepted this key for another message
+                # The webhook's record of queueing this very message: send it once, keyed by
+                # its relay id (a redelivery or a redrive finds that record and stops there).
+                result = self._deliver_once(
+                    request=request_for(relay_id, message),
+                    message=message,
+                    relay_id=relay_id,
+                    deadline=deadline,
+                )
         except InvalidMessage as error:  # the key was used before for another message
             return self._park(queued, message, "invalid", None, _describe(error), relay_id, key)
         except ProviderRejected as error:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from relay.delivery import Delivery
-from relay.idempotency import DELIVER, ENQUEUE, REPLAYED, caller_key, request_for
+from relay.idempotency import QUEUED, REPLAYED, request_for
 from relay.ids import new_relay_id
 from relay.observability import logger
 from relay.phone import mask
@@ -33,15 +33,15 @@ class MessageService:
     def __init__(self, deliverer: Deliverer, queues: Queues, idempotency: Idempotency) -> None:
         self._deliverer = deliverer
         self._queues = queues
-        self._idempotency = idempotency
-        self._deliver_once = idempotency.once(deliverer.deliver_record, DELIVER)
-        self._enqueue_once = idempotency.once(self._enqueue, ENQUEUE)
+        # One record per key, whichever way the message went, so a repeat either way gets the
+        # original answer from the conditional write itself: no lookup of a second record.
+        self._accept_once = idempotency.once(self._accept)
 
     def accept(
         self,
         message: Message,
         body: bytes,
-        headers: Mapping[str, str],
+        key: str | None,
         deadline: float,
         *,
         queue: bool,
@@ -52,34 +52,36 @@ class MessageService:
         original outcome, whichever way the first request went.
         """
         queue = queue and self._queues.delivery_url is not None
-        key = caller_key(message, headers)
+        relay_id = new_relay_id()
         if key is None:
-            if queue:
-                return Queued(self._enqueue({}, message, body, new_relay_id(), None)["id"]), False
-            return self._deliverer.deliver(message, new_relay_id(), deadline), False
-
-        request = request_for(key, message)
-        # The other way's record first, so that a repeat gets the original answer.
-        earlier = self._idempotency.lookup(DELIVER if queue else ENQUEUE, request)
-        if earlier is not None:
-            return _outcome(earlier), True
-        if queue:
-            result = self._enqueue_once(
-                request=request, message=message, body=body, relay_id=new_relay_id(), key=key
-            )
-        else:
-            result = self._deliver_once(
-                request=request, message=message, relay_id=new_relay_id(), deadline=deadline
-            )
+            return _outcome(self._accept({}, message, body, relay_id, deadline, queue, None)), False
+        result = self._accept_once(
+            request=request_for(key, message),
+            message=message,
+            body=body,
+            relay_id=relay_id,
+            deadline=deadline,
+            queue=queue,
+            key=key,
+        )
         return _outcome(result), bool(result.get(REPLAYED))
 
-    def _enqueue(
+    def _accept(
         self,
         request: dict[str, Any],
         message: Message,
         body: bytes,
         relay_id: str,
+        deadline: float,
+        queue: bool,
         key: str | None,
+    ) -> dict[str, Any]:
+        if queue:
+            return self._enqueue(message, body, relay_id, key)
+        return asdict(self._deliverer.deliver(message, relay_id, deadline))
+
+    def _enqueue(
+        self, message: Message, body: bytes, relay_id: str, key: str | None
     ) -> dict[str, Any]:
         attributes = {"RelayId": relay_id}
         if key is not None:
@@ -95,10 +97,10 @@ class MessageService:
                 "sqs_message_id": message_id,
             },
         )
-        return {"id": relay_id, "status": "queued", "message_id": message_id}
+        return {"id": relay_id, "status": QUEUED, "message_id": message_id}
 
 
 def _outcome(record: Mapping[str, Any]) -> Delivery | Queued:
-    if record.get("status") == "queued":
+    if record.get("status") == QUEUED:
         return Queued(record["id"])
     return Delivery.from_record(record)
