@@ -1,7 +1,8 @@
 """The delivery function, through its real entry point, on any SQS body and message attributes.
 
 It never raises, answers a batchItemFailures list, and parks a body that is not a valid message
-in the dead-letter queue as ErrorKind invalid without calling a provider.
+in the dead-letter queue as ErrorKind invalid without calling a provider, even when valid
+messages share its batch (they are sent, once each, and carry nothing of the invalid ones).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import hashlib
 import json
 import re
 import uuid
+from collections import Counter
+from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -133,3 +136,103 @@ def test_any_batch_is_answered_and_invalid_bodies_are_parked_without_a_send(
         assert fluents.received == []
     assert lancepilot.violations() == []
     assert fluents.violations() == []
+
+
+# Ways to break a valid message, each enough on its own for parse_message to refuse it; the
+# broken message keeps its tagged text, so a provider request carrying it would show.
+BREAKS = {
+    "no to": lambda m: {k: v for k, v in m.items() if k != "to"},
+    "bad to": lambda m: {**m, "to": "call me maybe"},
+    "unknown provider": lambda m: {**m, "provider": "sms"},
+    "unknown field": lambda m: {**m, "sent_by": "cron"},
+    "text not a string": lambda m: {**m, "text": {"body": m["text"]}},
+}
+
+
+@st.composite
+def mixed_batches(draw: st.DrawFn) -> list[tuple[str, Any]]:
+    """Valid messages and invalid bodies (broken messages, producers' junk), shuffled.
+
+    Each item is ("valid", message), ("broken", (message, how)) or ("junk", body); the test
+    tags the messages' texts, since tags must be unique across examples.
+    """
+    valid = draw(st.lists(valid_messages.map(lambda m: ("valid", m)), min_size=1, max_size=3))
+    invalid = draw(
+        st.lists(
+            st.one_of(
+                st.tuples(valid_messages, st.sampled_from(sorted(BREAKS))).map(
+                    lambda broken: ("broken", broken)
+                ),
+                bodies.filter(is_invalid).map(lambda body: ("junk", body)),
+            ),
+            min_size=1,
+            max_size=3,
+        )
+    )
+    return draw(st.permutations(valid + invalid))
+
+
+def tagged(message: dict[str, Any], tag: str) -> dict[str, Any]:
+    """``message`` with ``tag`` leading its text; a key of its own, if it had one (a key shared
+    with another message would be refused as reused, and the table outlives each example)."""
+    marked = {**message, "text": f"{tag} {message['text']}"}
+    if "idempotency_key" in marked:
+        marked["idempotency_key"] = f"key-{tag}"
+    return marked
+
+
+TAG = re.compile(r"(?:ok|bad)-[0-9a-f]{32}")
+
+
+@given(batch=mixed_batches())
+@settings(
+    max_examples=examples(30),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_in_a_mixed_batch_only_the_valid_messages_reach_a_provider_each_once(
+    delivery, aws, lancepilot, fluents, batch
+):
+    records, valid, invalid = [], {}, {}  # valid: tag -> provider; invalid: message id -> body
+    for kind, item in batch:
+        if kind == "valid":
+            tag = f"ok-{uuid.uuid4().hex}"
+            body = json.dumps(tagged(item, tag))
+            valid[tag] = item["provider"]
+        elif kind == "broken":
+            message, how = item
+            body = json.dumps(BREAKS[how](tagged(message, f"bad-{uuid.uuid4().hex}")))
+        else:
+            body = item
+        records.append(record(body, {}, 1))
+        if kind != "valid":
+            assert is_invalid(body), body  # the breaks above must stay breaks
+            invalid[records[-1]["messageId"]] = body
+    drain(aws.sqs, aws.dlq_url)  # nothing left over from an earlier (failed) example
+    lancepilot.reset()
+    fluents.reset()
+
+    answer = delivery.handler({"Records": records}, LambdaContext())
+
+    event(" + ".join(f"{n} {kind}" for kind, n in sorted(Counter(k for k, _ in batch).items())))
+    # Invalid records are done with (parked), never handed back for another try.
+    handed_back = {f["itemIdentifier"] for f in answer["batchItemFailures"]}
+    assert handed_back.isdisjoint(invalid), handed_back & invalid.keys()
+    # Each provider request carries exactly one tag, a valid message's, at its own provider;
+    # and each valid message is sent once. So nothing of an invalid record went out, tagged
+    # or not: there is no request left over to carry it.
+    sent: Counter[str] = Counter()
+    for provider, sandbox in (("lancepilot", lancepilot), ("fluents", fluents)):
+        for request in sandbox.received:
+            tags = TAG.findall(request.body.decode("utf-8", "replace"))
+            assert len(tags) == 1, (provider, request.body)
+            assert valid.get(tags[0]) == provider, (provider, request.body)
+            sent[tags[0]] += 1
+    assert sent == Counter(list(valid)), sent
+    # Every invalid record is parked once, body unchanged, as invalid; no valid one is.
+    parked = drain(aws.sqs, aws.dlq_url)
+    by_id = Counter(p["MessageAttributes"]["RelayId"]["StringValue"] for p in parked)
+    assert by_id == Counter(list(invalid)), by_id
+    for copy in parked:
+        assert copy["Body"] == invalid[copy["MessageAttributes"]["RelayId"]["StringValue"]]
+        assert copy["MessageAttributes"]["ErrorKind"]["StringValue"] == "invalid"
