@@ -16,11 +16,12 @@ urllib3 POST to the sandbox provider, and Powertools idempotency on the same Dyn
 (a conditional PutItem before the send, an UpdateItem after: the relay's own writes). It does
 not validate phone numbers, emit metrics or log; the relay does all three.
 
-X-Ray is off (as in the local runner) unless ``--tracing``: then Powertools' Tracer is live for
-both, as deployed. The JSON keeps every run with what says where its time went: AWS calls per
-operation and their durations, when the provider requests arrived, and the CPU used here and
-in moto_server. Absolute times are local ones: moto_server is Python, serialises concurrent
-calls, and answers each on a new connection (``Connection: close``); DynamoDB does neither.
+X-Ray is on for both, as deployed (Tracing: Active): Powertools' Tracer is live and the X-Ray
+SDK sends its segments to a local UDP sink; ``--no-tracing`` turns it off for both. The JSON
+keeps every run with what says where its time went: AWS calls per operation and their durations,
+when the provider requests arrived, and the CPU used here and in moto_server. Absolute times are
+local ones: moto_server is Python, serialises concurrent calls, and answers each on a new
+connection (``Connection: close``); DynamoDB does neither.
 """
 
 from __future__ import annotations
@@ -621,7 +622,10 @@ def main() -> None:
         "--latencies", type=_csv(int), help="provider latency, ms (default 0,50,200; --quick 0,200)"
     )
     parser.add_argument(
-        "--tracing", action="store_true", help="X-Ray on, as deployed (Tracing: Active)"
+        "--tracing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="X-Ray on, as deployed (Tracing: Active; the default)",
     )
     parser.add_argument("--patterns", type=_csv(str), default=PATTERNS, help="relay,sequential")
     parser.add_argument("--out", type=Path, default=OUT)

@@ -40,7 +40,7 @@ from benchmarks._stack import (
     write_result,
 )
 
-TARGET = 1.5  # relay time per message <= 1.5 x the floor's
+TARGET = 1.5  # relay time per message <= 1.5 x the floor's, in wall time and in CPU time
 BATCH = 10  # records per SQS event: template.yaml's DeliveryBatchSize default
 VARIANTS: dict[str, tuple[str, bool, str | None]] = {
     "webhook": ("webhook", True, "webhook-floor"),
@@ -138,7 +138,8 @@ def main() -> None:
             "cpu_ratio": cpu / floor_cpu,
             "wall_overhead_ms": wall - floor_wall,
             "cpu_overhead_ms": cpu - floor_cpu,
-            "met": wall / floor_wall <= TARGET,
+            # Both: wall time is mostly the shared backends', CPU is the relay's own cost.
+            "met": wall / floor_wall <= TARGET and cpu / floor_cpu <= TARGET,
         }
         v = verdicts[name]
         rows.append(
@@ -166,7 +167,7 @@ def main() -> None:
     )
     print(f"## Warm ({rounds} process(es) per variant, {messages} timed messages each; medians)\n")
     headers = ["variant", "msg/s", "wall ms/msg", "CPU ms/msg", "wall vs floor", "CPU vs floor"]
-    headers += ["relay - floor ms/msg (wall / CPU)", f"≤ {TARGET}x (wall)"]
+    headers += ["relay - floor ms/msg (wall / CPU)", f"≤ {TARGET}x (wall and CPU)"]
     print(markdown_table(headers, rows))
     print(f"\nWrote {out}")
 

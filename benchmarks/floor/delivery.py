@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -42,7 +43,8 @@ SENDER = os.environ.get("FLUENTS_FROM_NUMBER") or None
 session = boto3.session.Session()
 secrets = session.client("secretsmanager", config=FAST_FAIL)
 dynamodb = session.client("dynamodb", config=FAST_FAIL)
-sqs = session.client("sqs", config=FAST_FAIL)
+_sqs: Any = None  # made on first use, as the relay does: a batch that all delivers needs none
+_sqs_lock = threading.Lock()
 http = urllib3.PoolManager(maxsize=CONCURRENCY, retries=False, headers={"User-Agent": "floor/0.1"})
 TIMEOUT = urllib3.Timeout(connect=3.05, read=8.0)
 executor = ThreadPoolExecutor(max_workers=CONCURRENCY * len(URLS))
@@ -121,7 +123,7 @@ def handle(record: dict[str, Any], tokens: dict[str, str]) -> str | None:
     receives = int(record.get("attributes", {}).get("ApproximateReceiveCount", "1"))
     if receives >= MAX_RECEIVES:
         return park(record, "exhausted", f"gave up after {receives} receives")
-    sqs.change_message_visibility(
+    queues().change_message_visibility(
         QueueUrl=QUEUE_URL,
         ReceiptHandle=record["receiptHandle"],
         VisibilityTimeout=min(900, 30 * 2 ** (receives - 1)),
@@ -176,10 +178,18 @@ def post(message: dict[str, Any], token: str) -> int | None:
     return reply.status
 
 
+def queues() -> Any:
+    global _sqs
+    with _sqs_lock:  # boto3 sessions are not safe to make clients from in several threads
+        if _sqs is None:
+            _sqs = session.client("sqs", config=FAST_FAIL)
+    return _sqs
+
+
 def park(record: dict[str, Any], kind: str, detail: str) -> str | None:
     """Dead-letter a record with its reason; hand it back (its id) if that fails."""
     try:
-        sqs.send_message(
+        queues().send_message(
             QueueUrl=DLQ_URL,
             MessageBody=record["body"],
             MessageAttributes={
