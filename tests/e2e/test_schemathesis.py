@@ -63,6 +63,7 @@ def relay_url():
 
 def test_the_document_is_valid_openapi_3_1():
     import openapi_spec_validator as validator  # a dev dependency: never skipped
+
     document = yaml.safe_load(DOCUMENT.read_text(encoding="utf-8"))
 
     validator.validate(document)
