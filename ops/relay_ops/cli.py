@@ -4,13 +4,16 @@ relay dlq list     the dead letters' metadata (kind, status, error, relay id, ag
 relay dlq show     one dead letter in full, body included
 relay dlq redrive  move dead letters back to the delivery queue
 
-Exit codes: 0 done, 1 some messages could not be moved (or found), 2 usage or configuration.
+Exit codes: 0 done, 1 some messages could not be moved (or found), 2 usage or configuration,
+130 interrupted before anything moved, or while following a move task (which goes on).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -22,9 +25,32 @@ from relay_ops.config import DLQ_ENV, QUEUE_ENV, ConfigError, Target, connect
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from types import FrameType, TracebackType
 
 OK, FAILED, USAGE = 0, 1, 2
 INTERRUPTED = 130  # the shell's convention for Ctrl-C
+
+REDRIVE_HELP = f"""\
+Move dead letters back to the delivery queue. Never loses one: each is sent before it is
+deleted, and a run that stops part way is resumed by running the same command again.
+
+--all on AWS uses SQS's message move task (StartMessageMoveTask) and follows it with a
+progress bar until it ends; a task already running from the DLQ is followed, not started
+again, and Ctrl-C stops following it, not the task. Unlike the message-by-message loop
+(used with --kind/--status/--id, --no-move-task, --dry-run or an endpoint URL), the task
+  - keeps every attribute, the old ErrorKind/ErrorStatus/ErrorMessage included: the
+    delivery function ignores them, and replaces them if it parks the message again;
+  - has no guard against loops: a message that fails again while the task runs is parked
+    again and may be moved again by the same task. The loop leaves such messages on the
+    DLQ: use --no-move-task when the cause may not be fixed for every message.
+
+The loop hides each message it receives from other readers until it ends: {dlq.HOLD_SECONDS} s at
+first, doubling for a long scan up to --max-hold (default {dlq.MAX_HOLD_SECONDS} s). That is how
+long messages can stay hidden from a rerun if the run is killed. Ctrl-C stops between
+batches of ten and makes the messages held visible again at once; a second Ctrl-C stops
+at once, still releasing what it holds (a receive it cuts short leaves up to ten messages
+hidden for the current hold: the tool says so).
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def list_(args: argparse.Namespace, target: Target) -> int:
     """``relay dlq list``: metadata only, never a body (bodies carry phone numbers)."""
     selection = dlq.Selection(kind=args.kind, status=args.status)
-    letters = dlq.peek(target.sqs, target.need_dlq(), selection, args.limit)
+    letters = dlq.peek(target.sqs, target.need_dlq(), selection, args.limit, args.max_hold, _say)
     letters.sort(key=lambda letter: letter.sent_at or datetime.min.replace(tzinfo=UTC))
     now = datetime.now(UTC)
     if args.json:
@@ -75,7 +101,7 @@ def list_(args: argparse.Namespace, target: Target) -> int:
 
 def show(args: argparse.Namespace, target: Target) -> int:
     """``relay dlq show``: one dead letter, body and every attribute."""
-    letter = dlq.find(target.sqs, target.need_dlq(), args.message_id)
+    letter = dlq.find(target.sqs, target.need_dlq(), args.message_id, args.max_hold, _say)
     if letter is None:
         print(f"relay: no dead letter {args.message_id}", file=sys.stderr)
         return FAILED
@@ -96,15 +122,66 @@ def redrive(args: argparse.Namespace, target: Target) -> int:
     if not args.dry_run and not _confirmed(args, selection, target, dlq_url, queue_url):
         return USAGE
     if args.all and not args.dry_run and not args.no_move_task and not target.custom_endpoint:
-        try:
-            task = dlq.start_move_task(target.sqs, dlq_url, queue_url)
-        except dlq.MoveTaskUnsupported:
-            print("relay: no SQS move task here; moving the messages one by one", file=sys.stderr)
-        else:
-            approximate = dlq.approximate_count(target.sqs, dlq_url)
-            print(render.move_task(task, approximate, dlq_url))
-            return OK
+        code = _move_task(args, target, dlq_url, queue_url)
+        if code is not None:
+            return code
     return _redrive_loop(args, target, dlq_url, queue_url, selection)
+
+
+def _move_task(
+    args: argparse.Namespace, target: Target, dlq_url: str, queue_url: str
+) -> int | None:
+    """Start SQS's move task (or join the one running) and follow it to its end.
+
+    None when the endpoint has no move tasks: the caller moves the messages itself.
+    """
+    try:
+        task = dlq.start_move_task(target.sqs, dlq_url, queue_url)
+    except dlq.MoveTaskUnsupported:
+        print("relay: no SQS move task here; moving the messages one by one", file=sys.stderr)
+        return None
+    except dlq.MoveTaskBusy as busy:
+        print(f"relay: {busy}", file=sys.stderr)
+        return FAILED
+    print(render.move_task(task), flush=True)
+    bar = tqdm(
+        total=None, unit="msg", desc="move task", file=sys.stderr, disable=not _bar_wanted(args)
+    )
+    last: dlq.MoveProgress | None = None
+    try:
+        for last in dlq.follow_move_task(target.sqs, task):
+            if last.to_move is not None:
+                bar.total = last.to_move
+            # Readings come seconds apart: show each one (tqdm would skip some as too soon).
+            bar.n = last.moved
+            bar.refresh()
+    except KeyboardInterrupt:
+        bar.close()  # before the message, not after it (finally closes it again: a no-op)
+        print(
+            f"relay: stopped following move task {task.handle}; SQS goes on moving: run the "
+            "same command to follow it again",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+    except dlq.MoveTaskLost as lost:
+        print(f"relay: {lost}", file=sys.stderr)
+        return FAILED
+    finally:
+        bar.close()
+    if last is None:  # follow_move_task yields until the task ends; this is for the type
+        return FAILED
+    completed = last.status == "COMPLETED"
+    print(
+        render.move_result(last, dlq.approximate_count(target.sqs, dlq_url) if completed else None)
+    )
+    if not completed:
+        print(
+            f"relay: the move task ended {last.status} ({last.failure or 'no reason given'}); "
+            "what it did not move is still on the DLQ: run the same command again",
+            file=sys.stderr,
+        )
+        return FAILED
+    return OK
 
 
 def _redrive_loop(
@@ -116,18 +193,38 @@ def _redrive_loop(
 ) -> int:
     summary = dlq.RedriveSummary(dry_run=args.dry_run)
     total = dlq.approximate_count(target.sqs, dlq_url)
+    first, longest = dlq.holds(args.max_hold)
+    # Said before anything is received: the operator deciding whether to kill the run, or
+    # when to run it again after it was killed, needs to know how long that hides messages.
+    _say(
+        f"messages this run receives are hidden from other readers until it ends; if it is "
+        f"killed, they reappear on the DLQ within {first} s (at most {longest} s once a long "
+        "scan's hold has grown; --max-hold)"
+    )
     bar = tqdm(
         total=total or None,
         unit="msg",
         desc="dry run" if args.dry_run else "redrive",
         file=sys.stderr,
-        disable=args.quiet or not sys.stderr.isatty(),
+        disable=not _bar_wanted(args),
     )
     try:
-        dlq.redrive(target.sqs, dlq_url, queue_url, selection, summary, progress=bar.update)
+        with _CtrlC() as ctrl_c:
+            dlq.redrive(
+                target.sqs,
+                dlq_url,
+                queue_url,
+                selection,
+                summary,
+                progress=bar.update,
+                stop=lambda: ctrl_c.pressed,
+                max_hold=args.max_hold,
+                notice=_say,
+            )
     except KeyboardInterrupt:
-        # Held messages are already visible again; what was sent but not deleted is redriven
-        # once more by the next run, and idempotency keeps it from being delivered twice.
+        # The scan has made what it held visible again; a batch that was sent but not yet
+        # deleted is sent once more by the next run, and idempotency keeps it from being
+        # delivered twice.
         summary.errors.append("interrupted: run the same command again to continue")
     except (BotoCoreError, ClientError) as error:  # receiving stopped working part way
         summary.errors.append(f"{error}; run the same command again to continue")
@@ -141,12 +238,57 @@ def _redrive_loop(
 
 def _task_status(target: Target, dlq_url: str) -> int:
     try:
-        entries = dlq.move_tasks(target.sqs, dlq_url)
+        entries = dlq.move_tasks(target.sqs, dlq.queue_arn(target.sqs, dlq_url))
     except dlq.MoveTaskUnsupported:
         print("relay: this endpoint has no SQS message move tasks", file=sys.stderr)
         return USAGE
     print(render.move_tasks(entries))
     return OK
+
+
+class _CtrlC:
+    """The first Ctrl-C asks the redrive to stop between batches; a second stops it at once.
+
+    Stopping between batches means every message sent has been deleted too, so a rerun sends
+    none twice. Only in the main thread (where Python runs signal handlers), and only in
+    place of Python's own handler (one a caller installed, or SIG_IGN, is left alone).
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._installed = False
+
+    def __enter__(self) -> _CtrlC:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.pressed = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next one raises
+        sys.stderr.write("\nrelay: stopping after this batch (Ctrl-C again to stop now)\n")
+
+
+def _say(text: str) -> None:
+    """A note for the operator on stderr, above the progress bar if there is one."""
+    tqdm.write(f"relay: {text}", file=sys.stderr)
+
+
+def _bar_wanted(args: argparse.Namespace) -> bool:
+    return not args.quiet and sys.stderr.isatty()
 
 
 def _confirmed(
@@ -209,6 +351,8 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         allow_abbrev=False,
         help="move dead letters back to the delivery queue",
+        description=REDRIVE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     redriving.add_argument("--all", action="store_true", help="every dead letter")
     _filters(redriving)
@@ -226,7 +370,8 @@ def _parser() -> argparse.ArgumentParser:
     redriving.add_argument(
         "--no-move-task",
         action="store_true",
-        help="with --all, move message by message instead of with SQS's move task",
+        help="with --all, move message by message instead of with SQS's move task (keeps "
+        "re-parked messages from going round again; drops the Error* attributes)",
     )
     redriving.add_argument(
         "--status-of-task",
@@ -248,7 +393,24 @@ def _common() -> argparse.ArgumentParser:
         "--endpoint-url",
         help="an AWS stand-in such as make run's moto_server (or AWS_ENDPOINT_URL)",
     )
+    common.add_argument(
+        "--max-hold",
+        type=_seconds,
+        metavar="SECONDS",
+        help=f"the longest a scan hides a message it received (default {dlq.MAX_HOLD_SECONDS}): "
+        "how long a killed run can leave messages invisible to the next one",
+    )
     return common
+
+
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text}") from None
+    if not 1 <= value <= dlq.SQS_MAX_HOLD_SECONDS:
+        raise argparse.ArgumentTypeError(f"between 1 and {dlq.SQS_MAX_HOLD_SECONDS} seconds")
+    return value
 
 
 def _filters(parser: argparse.ArgumentParser) -> None:

@@ -3,12 +3,14 @@
 Reading holds each received message invisible (``HOLD_SECONDS``) until the scan ends, then makes
 it visible again at once: the hold is what lets a scan see every message exactly once and stop,
 and it is also the safety net, since a crashed scan's messages come back by themselves. A scan
-that outlasts its hold doubles it (up to SQS's 12 hours) each time a held message comes round.
+that outlasts its hold doubles it each time a held message comes round, but only up to
+``MAX_HOLD_SECONDS`` (or the operator's ``--max-hold``): a killed run hides messages for at most
+that long, which has to be short enough to wait out before running again.
 """
 
 from __future__ import annotations
 
-import contextlib
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -30,7 +32,11 @@ if TYPE_CHECKING:
 
 KINDS = ("invalid", "permanent", "exhausted")
 HOLD_SECONDS = 30
-MAX_HOLD_SECONDS = 12 * 60 * 60  # SQS's longest visibility timeout
+# The longest a scan holds a message by default: what a killed run can leave hidden, so a rerun
+# does not see those messages until it has passed. Minutes, not SQS's 12 hours.
+MAX_HOLD_SECONDS = 5 * 60
+SQS_MAX_HOLD_SECONDS = 12 * 60 * 60  # SQS's longest visibility timeout
+POLL_SECONDS = 5.0  # between ListMessageMoveTasks calls while following a move task
 BATCH = 10  # SQS's most per receive and per batch call
 MAX_BATCH_BYTES = 256 * 1024  # SQS's batch payload limit (the older, smaller one: safe anywhere)
 ERROR_PREFIX = "Error"  # ErrorKind, ErrorStatus, ErrorMessage: this dead-lettering's reason
@@ -135,15 +141,28 @@ class Scan:
     """Receives each visible dead letter once, holding it until the scan is closed.
 
     Use as a context manager: leaving it makes every held message visible again, also after an
-    error or Ctrl-C (and if even that fails, the hold runs out by itself).
+    error or Ctrl-C (and if even that fails, the hold runs out by itself). ``notice`` is told,
+    in words for the operator, when the hold grows, when a scan has to stop short, and about
+    messages that could not be made visible again.
     """
 
-    def __init__(self, sqs: SQSClient, url: str, hold_seconds: int | None = None) -> None:
+    def __init__(
+        self,
+        sqs: SQSClient,
+        url: str,
+        max_hold: int | None = None,
+        notice: Callable[[str], object] = lambda _: None,
+    ) -> None:
         self._sqs = sqs
         self._url = url
-        self._hold = hold_seconds or HOLD_SECONDS
+        self._hold, self._max_hold = holds(max_hold)
+        self._notice = notice
         self._seen: set[str] = set()
         self._held: dict[str, str] = {}  # message id -> latest receipt handle
+        self._repeats = 0  # messages received again at the longest hold since the last new one
+        self._receiving = False  # between asking SQS for messages and keeping their handles
+        self.incomplete = False  # stopped with messages perhaps not yet seen
+        self.released = 0  # made visible again on closing
 
     def __enter__(self) -> Scan:
         return self
@@ -154,23 +173,52 @@ class Scan:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self._receiving:
+            # Stopped between SQS's answer and the handles being kept: what that receive took
+            # cannot be released, and reappears when its hold runs out.
+            self._notice(
+                f"stopped during a receive: up to {BATCH} messages it took stay hidden on the "
+                f"DLQ for up to {self._hold} s"
+            )
         self.release()
 
     def __iter__(self) -> Iterator[list[DeadLetter]]:
         """Batches of dead letters not seen before in this scan, until none are left visible."""
         while received := self._receive():
-            for letter in received:
-                self._held[letter.message_id] = letter.receipt_handle
             fresh = [letter for letter in received if letter.message_id not in self._seen]
-            if len(fresh) < len(received):
-                # A hold ran out before the scan ended: the queue is longer than one hold can
-                # cover. Stopping here would skip the messages not yet seen, so carry on; the
-                # receive has just held the seen ones again, and a longer hold from now on
-                # means they stop coming round and the scan ends.
-                self._hold = min(self._hold * 2, MAX_HOLD_SECONDS)
+            if len(fresh) < len(received) and not self._outlasted(len(received) - len(fresh)):
+                return
             if fresh:
+                self._repeats = 0
                 self._seen.update(letter.message_id for letter in fresh)
                 yield fresh
+
+    def _outlasted(self, repeats: int) -> bool:
+        """A hold ran out before the scan ended; False when the scan should stop now.
+
+        The queue is longer than one hold can cover. Stopping at once would skip the messages
+        not yet seen, so carry on; the receive has just held the seen ones again, and a longer
+        hold from now on means they stop coming round and the scan ends. At the longest hold,
+        a queue can take longer to read than the hold lasts, and then something is always
+        visible: stop once as many repeats as messages seen have come without a new one.
+        """
+        if self._hold < self._max_hold:
+            self._hold = min(self._hold * 2, self._max_hold)
+            self._notice(
+                f"the scan outlasts its hold: holding messages {self._hold} s now (at most "
+                f"{self._max_hold} s); if this run is killed, they reappear within that"
+            )
+            return True
+        self._repeats += repeats
+        if self._repeats <= len(self._seen):
+            return True
+        self.incomplete = True
+        self._notice(
+            f"stopped after {len(self._seen)} messages: the queue takes longer to read than the "
+            f"longest hold ({self._max_hold} s), so some may not have been seen; run again, or "
+            "raise --max-hold"
+        )
+        return False
 
     def forget(self, letters: Sequence[DeadLetter]) -> None:
         """Stop holding ``letters`` (deleted: there is nothing to make visible)."""
@@ -178,28 +226,65 @@ class Scan:
             self._held.pop(letter.message_id, None)
 
     def release(self) -> None:
-        """Make every held message visible again now."""
+        """Make every held message visible again now; tell ``notice`` about any that stay hidden.
+
+        Runs when the scan ends for any reason, KeyboardInterrupt included: what this run
+        received but did not delete must be readable by the next run at once, not after a hold.
+        """
         handles = list(self._held.values())
         self._held.clear()
-        for start in range(0, len(handles), BATCH):
-            entries = handles[start : start + BATCH]
-            # If this fails they come back when the hold runs out: late, never lost.
-            with contextlib.suppress(BotoCoreError, ClientError):
-                self._sqs.change_message_visibility_batch(
-                    QueueUrl=self._url,
-                    Entries=[
-                        {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
-                        for i, handle in enumerate(entries)
-                    ],
-                )
+        pending = [handles[start : start + BATCH] for start in range(0, len(handles), BATCH)]
+        hidden = 0
+        interrupt: KeyboardInterrupt | None = None
+        while pending:
+            try:
+                hidden += self._release(pending[0])
+            except KeyboardInterrupt as error:
+                # Ctrl-C while releasing, most likely the second of a run being stopped: the
+                # call may not have gone through, so make it again (visibility 0 twice is
+                # harmless). A further one abandons the rest, and the notice says so.
+                if interrupt is not None:
+                    break
+                interrupt = error
+                continue
+            pending.pop(0)
+        hidden += sum(len(entries) for entries in pending)
+        if hidden:
+            self._notice(
+                f"{hidden} messages could not be made visible again: they stay hidden on the DLQ "
+                f"for up to {self._hold} s, and a run before then does not see them"
+            )
+        if interrupt is not None:
+            raise interrupt
+
+    def _release(self, handles: Sequence[str]) -> int:
+        """Make these messages visible again; how many could not be."""
+        try:
+            answer = self._sqs.change_message_visibility_batch(
+                QueueUrl=self._url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
+                    for i, handle in enumerate(handles)
+                ],
+            )
+        except (BotoCoreError, ClientError):
+            return len(handles)  # they come back when the hold runs out: late, not lost
+        self.released += len(answer.get("Successful", []))
+        return len(answer.get("Failed", []))
 
     def _receive(self) -> list[DeadLetter]:
+        """Receive a batch and hold it: its receipt handles are kept for ``release``."""
+        self._receiving = True
         messages = self._receive_once(wait=0)
         # A short poll samples some of SQS's servers and may come back empty while messages
         # wait; ask the count and, if there may be more, long-poll once to be sure.
         if not messages and approximate_count(self._sqs, self._url) > 0:
             messages = self._receive_once(wait=1)
-        return [DeadLetter.from_sqs(message) for message in messages]
+        received = [DeadLetter.from_sqs(message) for message in messages]
+        for letter in received:
+            self._held[letter.message_id] = letter.receipt_handle
+        self._receiving = False
+        return received
 
     def _receive_once(self, wait: int) -> list[MessageTypeDef]:
         return self._sqs.receive_message(
@@ -212,6 +297,12 @@ class Scan:
         ).get("Messages", [])
 
 
+def holds(max_hold: int | None) -> tuple[int, int]:
+    """A scan's first and longest hold, in seconds, for an operator's ``--max-hold``."""
+    longest = max(1, min(max_hold or MAX_HOLD_SECONDS, SQS_MAX_HOLD_SECONDS))
+    return min(HOLD_SECONDS, longest), longest
+
+
 def approximate_count(sqs: SQSClient, url: str) -> int:
     """ApproximateNumberOfMessages: the visible messages, as SQS estimates them."""
     attributes = sqs.get_queue_attributes(
@@ -221,11 +312,16 @@ def approximate_count(sqs: SQSClient, url: str) -> int:
 
 
 def peek(
-    sqs: SQSClient, dlq_url: str, selection: Selection, limit: int | None = None
+    sqs: SQSClient,
+    dlq_url: str,
+    selection: Selection,
+    limit: int | None = None,
+    max_hold: int | None = None,
+    notice: Callable[[str], object] = lambda _: None,
 ) -> list[DeadLetter]:
     """The dead letters ``selection`` matches (at most ``limit``), left on the queue."""
     found: list[DeadLetter] = []
-    with Scan(sqs, dlq_url) as scan:
+    with Scan(sqs, dlq_url, max_hold, notice) as scan:
         for batch in scan:
             found += [letter for letter in batch if selection.matches(letter)]
             if limit is not None and len(found) >= limit:
@@ -233,9 +329,16 @@ def peek(
     return found
 
 
-def find(sqs: SQSClient, dlq_url: str, message_id: str) -> DeadLetter | None:
+def find(
+    sqs: SQSClient,
+    dlq_url: str,
+    message_id: str,
+    max_hold: int | None = None,
+    notice: Callable[[str], object] = lambda _: None,
+) -> DeadLetter | None:
     """The dead letter with this message id, left on the queue; None if it is not there."""
-    found = peek(sqs, dlq_url, Selection(ids=frozenset({message_id})), limit=1)
+    selection = Selection(ids=frozenset({message_id}))
+    found = peek(sqs, dlq_url, selection, limit=1, max_hold=max_hold, notice=notice)
     return found[0] if found else None
 
 
@@ -254,11 +357,16 @@ class RedriveSummary:
     parked_again: int = 0  # sent by this run and dead-lettered again meanwhile: left alone
     not_found: list[str] = field(default_factory=list)  # --id values no scan came across
     errors: list[str] = field(default_factory=list)
+    stopped: bool = False  # asked to stop (Ctrl-C) and did, between batches
+    incomplete: bool = False  # the scan stopped short (the queue outlasted the longest hold)
+    released: int = 0  # received, not moved, made visible again at the end
 
     @property
     def ok(self) -> bool:
         """True when every selected message is on the delivery queue and off the DLQ."""
-        return not (self.failed or self.not_deleted or self.errors)
+        return not (
+            self.failed or self.not_deleted or self.errors or self.stopped or self.incomplete
+        )
 
 
 class _Stop(Exception):
@@ -272,12 +380,21 @@ def redrive(
     selection: Selection,
     summary: RedriveSummary,
     progress: Callable[[int], object] = lambda _: None,
+    *,
+    stop: Callable[[], bool] = lambda: False,
+    max_hold: int | None = None,
+    notice: Callable[[str], object] = lambda _: None,
 ) -> RedriveSummary:
     """Move the selected dead letters to the delivery queue: send each first, then delete it.
 
     A message is deleted from the DLQ only once its send succeeded, so none is lost; one sent
     but not deleted (a crash in between, a failed delete) stays on the DLQ and a rerun sends it
     again, which the relay's idempotency makes harmless. ``summary`` is updated as it goes.
+
+    ``stop`` is asked between batches of ten: True ends the run there, where every message
+    sent has also been deleted, so a rerun sends none of them twice. Whatever way the run
+    ends (KeyboardInterrupt included), the messages it received and did not delete are made
+    visible again before this returns or raises.
     """
     wanted = set(selection.ids)
     # The relay ids this run sent: the delivery function may park a message again (still
@@ -285,8 +402,9 @@ def redrive(
     # A re-parked copy carries the RelayId it was sent with, or, if it had none, the message id
     # the delivery queue gave it.
     sent: set[str] = set()
-    with Scan(sqs, dlq_url) as scan:
-        try:
+    scan = Scan(sqs, dlq_url, max_hold, notice)
+    try:
+        with scan:
             for batch in scan:
                 again = [letter for letter in batch if letter.attribute("RelayId") in sent]
                 summary.parked_again += len(again)
@@ -298,13 +416,23 @@ def redrive(
                     summary.moved += len(chosen)
                 else:
                     for chunk in _chunks(chosen):
+                        if stop():
+                            break
                         scan.forget(_move(sqs, dlq_url, queue_url, chunk, summary, sent))
                 progress(len(batch))
+                if stop():
+                    # The rest of this batch, if any, was not sent: it is released with the
+                    # scan, and a rerun picks it up.
+                    summary.stopped = True
+                    break
                 if selection.ids and not wanted:
                     break  # every id asked for is handled: no need to read the rest
-        except _Stop as stop:
-            summary.errors.append(str(stop))
-    summary.not_found = sorted(wanted)
+    except _Stop as stopped:
+        summary.errors.append(str(stopped))
+    finally:
+        summary.incomplete = scan.incomplete
+        summary.released = scan.released
+    summary.not_found = [] if summary.stopped or scan.incomplete else sorted(wanted)
     return summary
 
 
@@ -394,13 +522,56 @@ class MoveTaskUnsupported(Exception):
     """The endpoint has no StartMessageMoveTask (moto, other stand-ins)."""
 
 
+class MoveTaskBusy(Exception):
+    """Another move task, to another queue, is running on the DLQ (SQS allows one at a time)."""
+
+
+class MoveTaskLost(Exception):
+    """The task followed no longer shows in ListMessageMoveTasks."""
+
+
+RUNNING = frozenset({"RUNNING", "CANCELLING"})  # SQS allows no second task on the queue
+ENDED = frozenset({"COMPLETED", "CANCELLED", "FAILED"})
+LOST_AFTER = 3  # polls in a row without the task before giving up on following it
+
+
 @dataclass(frozen=True)
 class MoveTask:
-    """A started StartMessageMoveTask."""
+    """A StartMessageMoveTask this run started, or one already running that it joined."""
 
     handle: str
     source_arn: str
     destination_arn: str
+    joined: bool = False  # found running (started by an earlier run or someone else)
+    started_at: int | None = None  # StartedTimestamp, when known (a joined task's)
+    # The StartedTimestamps of the tasks listed before this one started: none of them is it.
+    earlier: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class MoveProgress:
+    """One ListMessageMoveTasks reading of a task."""
+
+    status: str  # RUNNING, CANCELLING, COMPLETED, CANCELLED or FAILED
+    moved: int  # ApproximateNumberOfMessagesMoved
+    to_move: int | None  # ApproximateNumberOfMessagesToMove: SQS's count when the task began
+    failure: str | None = None  # FailureReason, for FAILED
+
+    @property
+    def ended(self) -> bool:
+        """True once SQS has stopped moving messages for this task."""
+        return self.status in ENDED
+
+    @classmethod
+    def from_sqs(cls, entry: ListMessageMoveTasksResultEntryTypeDef) -> MoveProgress:
+        """Adapt a ListMessageMoveTasks result."""
+        to_move = entry.get("ApproximateNumberOfMessagesToMove")
+        return cls(
+            status=entry.get("Status", "?"),
+            moved=int(entry.get("ApproximateNumberOfMessagesMoved", 0)),
+            to_move=int(to_move) if to_move is not None else None,
+            failure=entry.get("FailureReason"),
+        )
 
 
 def queue_arn(sqs: SQSClient, url: str) -> str:
@@ -411,30 +582,118 @@ def queue_arn(sqs: SQSClient, url: str) -> str:
 
 
 def start_move_task(sqs: SQSClient, dlq_url: str, queue_url: str) -> MoveTask:
-    """Have SQS move every dead letter to the delivery queue (server-side, asynchronous)."""
+    """Have SQS move every dead letter to the delivery queue (server-side, asynchronous).
+
+    A task already running from the DLQ to the delivery queue is joined, not started again:
+    SQS refuses a second one, and a run that was interrupted while following its task picks
+    it up this way. Raises MoveTaskBusy if the running task goes elsewhere.
+    """
     source, destination = queue_arn(sqs, dlq_url), queue_arn(sqs, queue_url)
-    try:
-        started = sqs.start_message_move_task(SourceArn=source, DestinationArn=destination)
-    except NotImplementedError as error:  # moto in-process raises rather than answering
-        raise MoveTaskUnsupported(str(error)) from None
-    except ClientError as error:
-        if _unsupported(error):
+    listed = move_tasks(sqs, source)
+    running = _running(listed)
+    if running is None:
+        earlier = frozenset(entry.get("StartedTimestamp", 0) for entry in listed)
+        try:
+            started = sqs.start_message_move_task(SourceArn=source, DestinationArn=destination)
+        except NotImplementedError as error:  # moto in-process raises rather than answering
             raise MoveTaskUnsupported(str(error)) from None
-        raise
-    return MoveTask(started["TaskHandle"], source, destination)
+        except ClientError as error:
+            # Someone may have started one since we looked; SQS's answer to that is not
+            # documented, so look again rather than read the error code.
+            running = _running(move_tasks(sqs, source))
+            if running is None:
+                if _unsupported(error):
+                    raise MoveTaskUnsupported(str(error)) from None
+                raise
+        else:
+            return MoveTask(started["TaskHandle"], source, destination, earlier=earlier)
+    # No DestinationArn: the task returns messages to the queues they came from, which for
+    # this DLQ is the delivery queue.
+    going_to = running.get("DestinationArn") or destination
+    if going_to != destination:
+        raise MoveTaskBusy(
+            f"a move task from the DLQ to {going_to} is running (handle "
+            f"{running.get('TaskHandle')}); wait for it or cancel it with aws sqs "
+            "cancel-message-move-task"
+        )
+    return MoveTask(
+        running.get("TaskHandle", ""),
+        source,
+        destination,
+        joined=True,
+        started_at=running.get("StartedTimestamp"),
+    )
 
 
-def move_tasks(sqs: SQSClient, dlq_url: str) -> list[ListMessageMoveTasksResultEntryTypeDef]:
-    """The DLQ's most recent move tasks (SQS keeps up to ten)."""
-    source = queue_arn(sqs, dlq_url)
+def follow_move_task(
+    sqs: SQSClient,
+    task: MoveTask,
+    poll_seconds: float | None = None,
+    sleep: Callable[[float], object] = time.sleep,
+) -> Iterator[MoveProgress]:
+    """The task's progress, read every ``poll_seconds`` until it ends (the last one yielded).
+
+    ListMessageMoveTasks gives the TaskHandle of running tasks only, so the task is recognised
+    by its handle while it runs and by its StartedTimestamp once it has ended. If it ended
+    before the first reading, it is the ended task that was not listed before it started.
+    """
+    poll = POLL_SECONDS if poll_seconds is None else poll_seconds
+    started = task.started_at
+    missed = 0
+    while True:
+        entries = move_tasks(sqs, task.source_arn)
+        entry = _ours(entries, task, started)
+        if entry is None:
+            missed += 1
+            if missed >= LOST_AFTER:
+                raise MoveTaskLost(
+                    f"the move task {task.handle} is not among the DLQ's recent tasks any more; "
+                    "see relay dlq redrive --status-of-task"
+                )
+        else:
+            missed = 0
+            started = entry.get("StartedTimestamp", started)
+            progress = MoveProgress.from_sqs(entry)
+            yield progress
+            if progress.ended:
+                return
+        sleep(poll)
+
+
+def move_tasks(sqs: SQSClient, source_arn: str) -> list[ListMessageMoveTasksResultEntryTypeDef]:
+    """The most recent move tasks (SQS keeps up to ten) from the queue ``source_arn``."""
     try:
-        return sqs.list_message_move_tasks(SourceArn=source, MaxResults=10)["Results"]
+        return sqs.list_message_move_tasks(SourceArn=source_arn, MaxResults=10)["Results"]
     except NotImplementedError as error:
         raise MoveTaskUnsupported(str(error)) from None
     except ClientError as error:
         if _unsupported(error):
             raise MoveTaskUnsupported(str(error)) from None
         raise
+
+
+def _running(
+    entries: Sequence[ListMessageMoveTasksResultEntryTypeDef],
+) -> ListMessageMoveTasksResultEntryTypeDef | None:
+    return next((entry for entry in entries if entry.get("Status") in RUNNING), None)
+
+
+def _ours(
+    entries: Sequence[ListMessageMoveTasksResultEntryTypeDef], task: MoveTask, started: int | None
+) -> ListMessageMoveTasksResultEntryTypeDef | None:
+    for entry in entries:
+        if task.handle and entry.get("TaskHandle") == task.handle:
+            return entry
+        if started is not None and entry.get("StartedTimestamp") == started:
+            return entry
+    if started is None:
+        new = [
+            entry
+            for entry in entries
+            if entry.get("Status") in ENDED and entry.get("StartedTimestamp") not in task.earlier
+        ]
+        return max(new, key=lambda entry: entry.get("StartedTimestamp", 0), default=None)
+    return None
 
 
 def _unsupported(error: ClientError) -> bool:

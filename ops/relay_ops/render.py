@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from mypy_boto3_sqs.type_defs import ListMessageMoveTasksResultEntryTypeDef
 
-    from relay_ops.dlq import DeadLetter, MoveTask, RedriveSummary
+    from relay_ops.dlq import DeadLetter, MoveProgress, MoveTask, RedriveSummary
 
 ERROR_WIDTH = 80
 # E.164 numbers, or long bare digit runs: a provider's error text may quote the recipient.
@@ -116,24 +116,48 @@ def summary(done: RedriveSummary) -> str:
         )
     if done.not_found:
         lines.append(f"not found on the DLQ: {', '.join(done.not_found)}")
+    if done.stopped:
+        lines.append(
+            "stopped on Ctrl-C between batches: every message sent was also removed from the "
+            "DLQ; run the same command again to continue"
+        )
+    if done.incomplete:
+        lines.append("the scan stopped short (see above): run the same command again")
+    if done.released and not done.ok:
+        lines.append(f"received but not moved, visible on the DLQ again: {done.released}")
     if done.dry_run:
         lines.append("dry run: nothing was sent or deleted")
     return "\n".join(lines)
 
 
-def move_task(task: MoveTask, approximate: int, dlq_url: str) -> str:
-    """What a started StartMessageMoveTask is, and how to follow it."""
+def move_task(task: MoveTask) -> str:
+    """Which StartMessageMoveTask the tool follows, and how to stop it."""
+    joined = "following the SQS message move task already running"
     return "\n".join(
         [
-            f"started an SQS message move task for about {approximate} dead letters",
+            joined if task.joined else "started an SQS message move task",
             f"  task handle  {task.handle}",
             f"  from         {task.source_arn}",
             f"  to           {task.destination_arn}",
-            "follow it with:",
-            f"  relay dlq redrive --status-of-task --dlq-url {dlq_url}",
-            f"  aws sqs list-message-move-tasks --source-arn {task.source_arn}",
+            "Ctrl-C stops following it, not the task (the same command follows it again); "
+            "to stop the task:",
+            f"  aws sqs cancel-message-move-task --task-handle {task.handle}",
         ]
     )
+
+
+def move_result(progress: MoveProgress, left: int | None) -> str:
+    """How a move task ended; ``left``: the DLQ's approximate count afterwards, if asked."""
+    of = f" of about {progress.to_move}" if progress.to_move is not None else ""
+    lines = [f"move task {progress.status}: moved {progress.moved}{of}"]
+    if progress.failure:
+        lines.append(f"failure: {progress.failure}")
+    if left:
+        lines.append(
+            f"still on the DLQ: about {left} (dead-lettered again while the task ran, or new "
+            "since): see relay dlq list"
+        )
+    return "\n".join(lines)
 
 
 def move_tasks(entries: Sequence[ListMessageMoveTasksResultEntryTypeDef]) -> str:

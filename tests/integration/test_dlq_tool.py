@@ -1,8 +1,13 @@
-"""`relay dlq list|show|redrive` against moto, through the tool's real entry point."""
+"""`relay dlq list|show|redrive` against moto, through the tool's real entry point.
+
+SQS's message move task, which moto lacks, is answered by botocore's Stubber on a real client.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +16,7 @@ import boto3
 import pytest
 from botocore.client import BaseClient
 from botocore.exceptions import ClientError
+from botocore.stub import Stubber
 from moto import mock_aws
 
 from relay_local.sandbox import Fault
@@ -100,6 +106,14 @@ def visible(queues, url) -> int:
     return int(attributes["ApproximateNumberOfMessages"])
 
 
+def hidden(queues, url) -> int:
+    """Messages received and not yet visible again: what a run left held."""
+    attributes = queues.sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
 def strings(message: dict) -> dict[str, str]:
     return {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
 
@@ -159,6 +173,20 @@ def fail_once(monkeypatch, operation: str) -> None:
             )
 
     calls = intercept(monkeypatch, operation, fail)
+
+
+@pytest.fixture
+def on_call(request):
+    """``on_call(event, handler)``: a botocore event handler on every client of boto3's default
+    session, the tool's own included (``before-call.sqs.SendMessageBatch``); removed after."""
+    session = boto3.DEFAULT_SESSION
+    assert session is not None  # made by the queues fixture's first client
+
+    def register(event: str, handler) -> None:
+        session.events.register(event, handler)
+        request.addfinalizer(lambda: session.events.unregister(event, handler))
+
+    return register
 
 
 def stacks(monkeypatch, queues) -> None:
@@ -235,12 +263,15 @@ def test_a_queue_longer_than_one_hold_is_scanned_to_the_end(relay, queues, monke
     }
     receives = intercept(monkeypatch, "ReceiveMessage", lambda params: time.sleep(0.3))
 
-    code, out, _ = relay("list", "--json")
+    code, out, err = relay("list", "--json", "--max-hold", "8")
 
     assert code == 0
     listed = [entry["message_id"] for entry in json.loads(out)]
     assert sorted(listed) == sorted(parked)  # every one, each once
-    assert max(params["VisibilityTimeout"] for params in receives) > 1  # the hold grew
+    holds = {params["VisibilityTimeout"] for params in receives}
+    assert max(holds) > 1  # the hold grew ...
+    assert max(holds) <= 8  # ... but no further than --max-hold
+    assert "holding messages 2 s now (at most 8 s)" in err
     assert visible(queues, queues.dlq_url) == 40
 
     code, out, _ = relay("redrive", "--kind", "exhausted", "--yes")
@@ -249,6 +280,24 @@ def test_a_queue_longer_than_one_hold_is_scanned_to_the_end(relay, queues, monke
     assert "moved 40" in out
     assert visible(queues, queues.dlq_url) == 0
     assert len(take_all(queues, queues.queue_url)) == 40
+
+
+def test_a_queue_longer_than_the_longest_hold_stops_and_hides_nothing(relay, queues, monkeypatch):
+    # The longest hold is 1 s and reading takes longer than that: messages keep coming round,
+    # so the scan can never run dry. It has to stop by itself, and say so.
+    monkeypatch.setattr(dlq, "HOLD_SECONDS", 1)
+    for n in range(60):
+        park(queues, lancepilot_message(), "exhausted", 503, relay_id=f"relay-{n}")
+    receives = intercept(monkeypatch, "ReceiveMessage", lambda params: time.sleep(0.3))
+
+    code, out, err = relay("redrive", "--kind", "permanent", "--yes", "--max-hold", "1")
+
+    assert code == 1
+    assert "some may not have been seen" in err
+    assert "the scan stopped short" in out
+    assert {params["VisibilityTimeout"] for params in receives} == {1}
+    assert hidden(queues, queues.dlq_url) == 0  # all visible again at once
+    assert visible(queues, queues.dlq_url) == 60
 
 
 # --- show ----------------------------------------------------------------------------------------
@@ -276,11 +325,13 @@ def test_show_of_an_unknown_id(relay, three):
 
 
 def test_redrive_by_kind_moves_only_those_with_their_body_and_attributes(relay, queues, three):
-    code, out, _ = relay("redrive", "--kind", "exhausted", "--yes")
+    code, out, err = relay("redrive", "--kind", "exhausted", "--yes")
 
     assert code == 0
     assert "moved 1, skipped 2" in out
     assert "failed 0" in out
+    # How long a killed run would hide messages, said before it starts.
+    assert "if it is killed, they reappear on the DLQ within 30 s (at most 300 s" in err
     [moved] = take_all(queues, queues.queue_url)
     assert moved["Body"] == json.dumps(lancepilot_message(text="retry me"))
     assert strings(moved) == {"RelayId": "relay-e", "IdempotencyKey": "relay-e", "Tenant": "acme"}
@@ -308,23 +359,14 @@ def test_redrive_all_in_moto_falls_back_to_the_loop(relay, queues, three):
     assert len(take_all(queues, queues.queue_url)) == 3
 
 
-def test_redrive_all_on_aws_starts_a_move_task(relay, queues, three, monkeypatch):
-    # What AWS answers; moto has no move tasks.
-    started = intercept(monkeypatch, "StartMessageMoveTask", lambda _: {"TaskHandle": "task-1"})
+def test_no_move_task_moves_message_by_message(relay, queues, three, on_call):
+    called: list[str] = []
+    on_call("before-call.sqs", lambda model, **_: called.append(model.name))
 
-    code, out, _ = relay("redrive", "--all", "--yes")
+    code, out, _ = relay("redrive", "--all", "--yes", "--no-move-task")
 
-    assert code == 0
-    assert "task-1" in out
-    assert "list-message-move-tasks" in out
-    [params] = started
-    assert params["SourceArn"].endswith(":webhook-relay-dlq")
-    assert params["DestinationArn"].endswith(":webhook-relay-delivery")
-    assert visible(queues, queues.dlq_url) == 3  # SQS moves them, not the tool
-
-    started.clear()
-    assert relay("redrive", "--all", "--yes", "--no-move-task")[0] == 0
-    assert started == []
+    assert (code, "moved 3" in out) == (0, True)
+    assert not [name for name in called if "MoveTask" in name]
     assert visible(queues, queues.dlq_url) == 0
 
 
@@ -379,6 +421,8 @@ def test_usage_errors_exit_2(relay, queues, three):
     assert relay("redrive", "--all", "--kind", "invalid", "--yes")[0] == 2
     assert relay("redrive", "--all")[0] == 2  # no terminal to ask, and no --yes
     assert relay("list", "--kind", "other")[0] == 2
+    assert relay("list", "--max-hold", "0")[0] == 2
+    assert relay("list", "--max-hold", str(12 * 3600 + 1))[0] == 2
     code, _, err = relay("list", urls=False)
     assert code == 2
     assert "--dlq-url" in err
@@ -397,6 +441,399 @@ def test_queues_from_the_environment_and_from_a_stack(relay, queues, three, monk
     )
     assert code == 0
     assert "moved 1" in out
+
+
+# --- interrupted, then run again ----------------------------------------------------------------
+
+
+@pytest.fixture
+def thirty_five(queues):
+    """35 exhausted dead letters: four receives of up to ten; their relay ids."""
+    relay_ids = [f"relay-{n}" for n in range(35)]
+    for relay_id in relay_ids:
+        park(queues, lancepilot_message(text=relay_id), "exhausted", 503, relay_id=relay_id)
+    return relay_ids
+
+
+def on_send(on_call, when: str, number: int, action) -> list[list[str]]:
+    """Call ``action()`` ``when`` ("before" or "after") the ``number``-th SendMessageBatch.
+
+    Returns the relay ids of each send, as they are made.
+    """
+    sends: list[list[str]] = []
+
+    def record(params, **_):
+        sends.append([e["MessageAttributes"]["RelayId"]["StringValue"] for e in params["Entries"]])
+        if when == "before" and len(sends) == number:
+            action()
+
+    def after(**_):
+        if when == "after" and len(sends) == number:
+            action()
+
+    on_call("before-parameter-build.sqs.SendMessageBatch", record)
+    on_call("after-call.sqs.SendMessageBatch", after)
+    return sends
+
+
+def interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def delivered(queues) -> list[str]:
+    """The relay ids on the delivery queue (taking them off)."""
+    return sorted(strings(m)["RelayId"] for m in take_all(queues, queues.queue_url))
+
+
+@pytest.mark.parametrize("again", [False, True], ids=["once", "again-while-releasing"])
+def test_an_interrupted_redrive_resumes_and_sends_each_message_once(
+    relay, queues, thirty_five, on_call, again
+):
+    # Killed as the third batch is about to be sent: 20 moved, 10 received and held, 5 unread.
+    on_send(on_call, "before", 3, interrupt)
+    if again:  # and Ctrl-C once more in the middle of making the held messages visible
+        releases = []
+
+        def release(**_):
+            releases.append(1)
+            if len(releases) == 1:
+                raise KeyboardInterrupt
+
+        on_call("after-call.sqs.ChangeMessageVisibilityBatch", release)
+
+    code, out, err = relay("redrive", "--kind", "exhausted", "--yes", "--quiet")
+
+    assert code == 1
+    assert "moved 20" in out
+    assert "received but not moved, visible on the DLQ again: 10" in out
+    assert "interrupted: run the same command again" in err
+    assert hidden(queues, queues.dlq_url) == 0  # released now, not after the hold
+    assert visible(queues, queues.dlq_url) == 15
+
+    code, out, _ = relay("redrive", "--kind", "exhausted", "--yes", "--quiet")
+
+    assert (code, "moved 15" in out) == (0, True)
+    assert delivered(queues) == sorted(thirty_five)  # every one, none twice
+    assert visible(queues, queues.dlq_url) == hidden(queues, queues.dlq_url) == 0
+
+
+def test_a_receive_cut_short_says_how_long_its_messages_stay_hidden(
+    relay, queues, thirty_five, on_call, monkeypatch
+):
+    # Interrupted after SQS answered the second receive, before the tool kept the handles.
+    monkeypatch.setattr(dlq, "HOLD_SECONDS", 1)
+    receives = []
+
+    def cut(**_):
+        receives.append(1)
+        if len(receives) == 2:
+            raise KeyboardInterrupt
+
+    on_call("after-call.sqs.ReceiveMessage", cut)
+
+    code, out, err = relay("redrive", "--kind", "exhausted", "--yes", "--quiet")
+
+    assert (code, "moved 10" in out) == (1, True)
+    assert "stopped during a receive: up to 10 messages it took stay hidden" in err
+    assert "for up to 1 s" in err
+    assert hidden(queues, queues.dlq_url) == 10  # those, and no others
+    time.sleep(1.5)  # the hold the tool named
+    assert visible(queues, queues.dlq_url) == 25
+
+    assert relay("redrive", "--kind", "exhausted", "--yes", "--quiet")[0] == 0
+    assert delivered(queues) == sorted(thirty_five)
+    assert visible(queues, queues.dlq_url) == hidden(queues, queues.dlq_url) == 0
+
+
+def test_ctrl_c_stops_between_batches_and_the_rerun_finishes(relay, queues, thirty_five, on_call):
+    # A real SIGINT while the second batch is being sent: that batch is deleted too, then the
+    # run stops, so nothing is on both queues.
+    on_send(on_call, "after", 2, lambda: signal.raise_signal(signal.SIGINT))
+
+    code, out, err = relay("redrive", "--kind", "exhausted", "--yes", "--quiet")
+
+    assert code == 1
+    assert "moved 20" in out
+    assert "stopped on Ctrl-C between batches" in out
+    assert "stopping after this batch" in err
+    assert hidden(queues, queues.dlq_url) == 0
+    assert visible(queues, queues.dlq_url) == 15
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's again
+
+    code, out, _ = relay("redrive", "--kind", "exhausted", "--yes", "--quiet")
+
+    assert (code, "moved 15" in out) == (0, True)
+    assert delivered(queues) == sorted(thirty_five)
+    assert visible(queues, queues.dlq_url) == hidden(queues, queues.dlq_url) == 0
+
+
+def test_a_kill_between_send_and_delete_loses_nothing_and_hides_nothing(
+    relay, queues, thirty_five, on_call
+):
+    # The worst moment: the second batch is on the delivery queue and not yet deleted.
+    sends = on_send(on_call, "after", 2, interrupt)
+
+    code, out, _ = relay("redrive", "--kind", "exhausted", "--yes", "--quiet")
+
+    assert (code, "moved 10" in out) == (1, True)
+    assert hidden(queues, queues.dlq_url) == 0
+    assert visible(queues, queues.dlq_url) == 25  # the batch in flight is back on the DLQ too
+
+    assert relay("redrive", "--kind", "exhausted", "--yes", "--quiet")[0] == 0
+
+    ids = delivered(queues)
+    assert sorted(set(ids)) == sorted(thirty_five)  # none lost
+    # Only the batch in flight went twice; its RelayId keeps it from being delivered twice.
+    assert sorted(ids) == sorted(thirty_five + sends[1])
+    assert visible(queues, queues.dlq_url) == hidden(queues, queues.dlq_url) == 0
+
+
+# --- --all on AWS: SQS's move task, through botocore's Stubber -----------------------------------
+
+ACCOUNT = "https://sqs.us-east-1.amazonaws.com/123456789012"
+DLQ_URL, QUEUE_URL = f"{ACCOUNT}/webhook-relay-dlq", f"{ACCOUNT}/webhook-relay-delivery"
+DLQ_ARN = "arn:aws:sqs:us-east-1:123456789012:webhook-relay-dlq"
+QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:webhook-relay-delivery"
+EARLIER, STARTED = 1_767_000_000_000, 1_767_200_000_000  # StartedTimestamp, milliseconds
+
+
+@pytest.fixture
+def sqs_stub(monkeypatch):
+    """SQS as AWS answers, for what moto lacks: the tool's client is a real one behind Stubber.
+
+    Every call the tool makes must be the next one queued, with the parameters given, and the
+    answers are checked against SQS's API model.
+    """
+    monkeypatch.delenv("AWS_ENDPOINT_URL_SQS", raising=False)  # real AWS, as far as it knows
+    monkeypatch.setattr(dlq, "POLL_SECONDS", 0)
+    client = boto3.client("sqs", region_name="us-east-1")
+    make = boto3.client
+    monkeypatch.setattr(
+        boto3, "client", lambda name, **kw: client if name == "sqs" else make(name, **kw)
+    )
+    with Stubber(client) as stubber:
+        yield stubber
+        stubber.assert_no_pending_responses()
+
+
+@pytest.fixture
+def relay_aws(sqs_stub, capsys):
+    """Run ``relay dlq ...`` against the stubbed SQS; (exit code, stdout, stderr).
+
+    ``terminal=True``: stderr is a terminal, so the tool draws its progress bar there.
+    """
+
+    def run(*argv: str, terminal: bool = False):
+        with pytest.MonkeyPatch.context() as patch:
+            if terminal:  # capsys's stream, in place only now the test runs
+                patch.setattr(sys.stderr, "isatty", lambda: True)
+            code = main(["dlq", *argv, "--dlq-url", DLQ_URL, "--queue-url", QUEUE_URL])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def expect_arns(stub, *urls: str) -> None:
+    for url, arn in ((DLQ_URL, DLQ_ARN), (QUEUE_URL, QUEUE_ARN)):
+        if url in urls or not urls:
+            stub.add_response(
+                "get_queue_attributes",
+                {"Attributes": {"QueueArn": arn}},
+                {"QueueUrl": url, "AttributeNames": ["QueueArn"]},
+            )
+
+
+def expect_tasks(stub, *entries: dict) -> None:
+    stub.add_response(
+        "list_message_move_tasks",
+        {"Results": list(entries)},
+        {"SourceArn": DLQ_ARN, "MaxResults": 10},
+    )
+
+
+def expect_start(stub, handle: str = "task-1") -> None:
+    stub.add_response(
+        "start_message_move_task",
+        {"TaskHandle": handle},
+        {"SourceArn": DLQ_ARN, "DestinationArn": QUEUE_ARN},
+    )
+
+
+def expect_count(stub, count: int) -> None:
+    stub.add_response(
+        "get_queue_attributes",
+        {"Attributes": {"ApproximateNumberOfMessages": str(count)}},
+        {"QueueUrl": DLQ_URL, "AttributeNames": ["ApproximateNumberOfMessages"]},
+    )
+
+
+def task(status: str, moved: int, handle: str | None = None, **more) -> dict:
+    """A ListMessageMoveTasks entry; SQS gives the handle of running tasks only."""
+    entry = {
+        "Status": status,
+        "SourceArn": DLQ_ARN,
+        "DestinationArn": QUEUE_ARN,
+        "ApproximateNumberOfMessagesMoved": moved,
+        "ApproximateNumberOfMessagesToMove": 10,
+        "StartedTimestamp": STARTED,
+        **more,
+    }
+    if handle:
+        entry["TaskHandle"] = handle
+    return entry
+
+
+OLD = task("COMPLETED", 4, StartedTimestamp=EARLIER, ApproximateNumberOfMessagesToMove=4)
+
+
+def test_redrive_all_on_aws_follows_its_move_task_with_a_progress_bar(relay_aws, sqs_stub):
+    expect_arns(sqs_stub)
+    expect_tasks(sqs_stub, OLD)  # last week's task, long over
+    expect_start(sqs_stub)
+    expect_tasks(sqs_stub, task("RUNNING", 3, "task-1"), OLD)
+    expect_tasks(sqs_stub, task("RUNNING", 7, "task-1"), OLD)
+    expect_tasks(sqs_stub, OLD, task("COMPLETED", 10))  # ended: no handle any more
+    expect_count(sqs_stub, 0)
+
+    code, out, err = relay_aws("redrive", "--all", "--yes", terminal=True)
+
+    assert code == 0, err
+    assert "started an SQS message move task" in out
+    assert "cancel-message-move-task --task-handle task-1" in out
+    assert "move task COMPLETED: moved 10 of about 10" in out
+    assert "still on the DLQ" not in out
+    for shown in ("3/10", "7/10", "10/10"):  # the bar, at each reading
+        assert shown in err
+
+
+@pytest.mark.parametrize(
+    ("readings", "reason"),
+    [
+        (
+            [task("FAILED", 2, FailureReason="AWS.SimpleQueueService.NonExistentQueue")],
+            "NonExistent",
+        ),
+        ([task("CANCELLING", 2, "task-1"), task("CANCELLED", 2)], "no reason given"),
+    ],
+    ids=["failed", "cancelled"],
+)
+def test_a_move_task_that_does_not_complete_exits_1(relay_aws, sqs_stub, readings, reason):
+    expect_arns(sqs_stub)
+    expect_tasks(sqs_stub)
+    expect_start(sqs_stub)
+    expect_tasks(sqs_stub, task("RUNNING", 2, "task-1"))
+    for reading in readings:
+        expect_tasks(sqs_stub, reading)
+
+    code, out, err = relay_aws("redrive", "--all", "--yes", terminal=True)
+
+    status = readings[-1]["Status"]
+    assert code == 1, err
+    assert f"move task {status}: moved 2 of about 10" in out
+    assert f"the move task ended {status}" in err
+    assert reason in err
+    assert "2/10" in err
+    assert "10/10" not in err
+
+
+def test_a_move_task_over_before_the_first_reading_is_found_and_what_is_left_reported(
+    relay_aws, sqs_stub
+):
+    expect_arns(sqs_stub)
+    expect_tasks(sqs_stub, OLD)
+    expect_start(sqs_stub)
+    # Ours ended already, so it has no handle: it is the one that was not there before.
+    expect_tasks(sqs_stub, OLD, task("COMPLETED", 10))
+    expect_count(sqs_stub, 2)  # dead-lettered again meanwhile: the task has no loop guard
+
+    code, out, err = relay_aws("redrive", "--all", "--yes", "--quiet")
+
+    assert code == 0, err
+    assert "move task COMPLETED: moved 10 of about 10" in out
+    assert "still on the DLQ: about 2" in out
+
+
+def test_an_interrupted_follow_is_resumed_without_a_second_task(relay_aws, sqs_stub):
+    readings = []
+
+    def ctrl_c(**_):
+        readings.append(1)
+        if len(readings) == 3:  # the second reading of the task
+            raise KeyboardInterrupt
+
+    sqs_stub.client.meta.events.register("after-call.sqs.ListMessageMoveTasks", ctrl_c)
+    expect_arns(sqs_stub)
+    expect_tasks(sqs_stub)
+    expect_start(sqs_stub)
+    expect_tasks(sqs_stub, task("RUNNING", 3, "task-1"))
+    expect_tasks(sqs_stub, task("RUNNING", 5, "task-1"))
+
+    code, out, err = relay_aws("redrive", "--all", "--yes", terminal=True)
+
+    assert code == 130
+    assert "stopped following move task task-1; SQS goes on moving" in err
+    sqs_stub.client.meta.events.unregister("after-call.sqs.ListMessageMoveTasks", ctrl_c)
+
+    # The same command again: it finds the task running and follows it (a second
+    # StartMessageMoveTask would fail, and Stubber would refuse it too).
+    expect_arns(sqs_stub)
+    expect_tasks(sqs_stub, task("RUNNING", 6, "task-1"))  # found running: joined
+    expect_tasks(sqs_stub, task("RUNNING", 8, "task-1"))
+    expect_tasks(sqs_stub, task("COMPLETED", 10))
+    expect_count(sqs_stub, 0)
+
+    code, out, err = relay_aws("redrive", "--all", "--yes", terminal=True)
+
+    assert code == 0, err
+    assert "following the SQS message move task already running" in out
+    assert "task-1" in out
+    assert "8/10" in err
+    assert "move task COMPLETED: moved 10 of about 10" in out
+
+
+def test_a_refused_start_follows_the_task_that_got_there_first(relay_aws, sqs_stub):
+    expect_arns(sqs_stub)
+    expect_tasks(sqs_stub)
+    sqs_stub.add_client_error(
+        "start_message_move_task",
+        service_error_code="AWS.SimpleQueueService.UnsupportedOperation",
+        service_message="There is already a task running.",
+    )
+    expect_tasks(sqs_stub, task("RUNNING", 1, "task-2"))  # another operator's
+    expect_tasks(sqs_stub, task("COMPLETED", 10))
+    expect_count(sqs_stub, 0)
+
+    code, out, err = relay_aws("redrive", "--all", "--yes", "--quiet")
+
+    assert code == 0, err
+    assert "following the SQS message move task already running" in out
+    assert "task-2" in out
+    assert "one by one" not in err  # not taken for an endpoint without move tasks
+
+
+def test_a_move_task_to_another_queue_is_left_alone(relay_aws, sqs_stub):
+    elsewhere = "arn:aws:sqs:us-east-1:123456789012:somewhere-else"
+    expect_arns(sqs_stub)
+    expect_tasks(sqs_stub, task("RUNNING", 1, "task-9", DestinationArn=elsewhere))
+
+    code, _, err = relay_aws("redrive", "--all", "--yes")
+
+    assert code == 1
+    assert elsewhere in err
+    assert "cancel-message-move-task" in err
+
+
+def test_status_of_task_lists_the_recent_tasks(relay_aws, sqs_stub):
+    expect_arns(sqs_stub, DLQ_URL)
+    expect_tasks(sqs_stub, task("RUNNING", 3, "task-1"), OLD)
+
+    code, out, _ = relay_aws("redrive", "--status-of-task")
+
+    assert code == 0
+    assert "RUNNING" in out
+    assert "moved 3 of 10" in out
+    assert "handle task-1" in out
 
 
 # --- with the real delivery function -------------------------------------------------------------
@@ -451,4 +888,38 @@ def test_an_interrupted_redrive_resumes_and_nothing_goes_out_twice(
     delivery.drain()
     texts = sorted(r.json["text"]["body"] for r in lancepilot.accepted())
     assert texts == ["already delivered", "new"]  # once each, thanks to the RelayId
+    assert visible(aws, aws.dlq_url) == visible(aws, aws.queue_url) == 0
+
+
+def test_a_message_moved_by_the_move_task_with_its_old_reason_is_handled_as_new(
+    delivery, aws, lancepilot
+):
+    # SQS's move task keeps every attribute: the delivery function sees the old reason.
+    moved = {
+        "ErrorKind": {"DataType": "String", "StringValue": "exhausted"},
+        "ErrorStatus": {"DataType": "Number", "StringValue": "503"},
+        "ErrorMessage": {"DataType": "String", "StringValue": "gave up after 3 receives"},
+        "RelayId": {"DataType": "String", "StringValue": "relay-11"},
+        "IdempotencyKey": {"DataType": "String", "StringValue": "relay-11"},
+    }
+    body = json.dumps(lancepilot_message(text="moved by SQS"))
+    lancepilot.enqueue(Fault.status(404, {"message": "Resource not found.", "status": 404}))
+    aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=body, MessageAttributes=moved)
+
+    delivery.poll_once()  # refused this time: parked with this reason, none of the old one
+
+    [parked] = take_all(aws, aws.dlq_url)
+    reason = strings(parked)
+    assert (reason["ErrorKind"], reason["ErrorStatus"]) == ("permanent", "404")
+    assert "gave up" not in reason["ErrorMessage"]
+    assert (reason["RelayId"], reason["IdempotencyKey"]) == ("relay-11", "relay-11")
+
+    # Moved again, old reason and all: delivered, and only once however often it is moved.
+    for _ in range(2):
+        aws.sqs.send_message(
+            QueueUrl=aws.queue_url, MessageBody=body, MessageAttributes=parked["MessageAttributes"]
+        )
+        delivery.poll_once()
+
+    assert [r.json["text"]["body"] for r in lancepilot.accepted()] == ["moved by SQS"]
     assert visible(aws, aws.dlq_url) == visible(aws, aws.queue_url) == 0
