@@ -196,6 +196,19 @@ def test_invalid_bodies_are_parked_as_invalid_without_a_send(
     assert lancepilot.received == []
 
 
+def test_a_parked_message_keeps_its_own_key_when_the_reason_has_none(delivery, aws, lancepilot):
+    # An unparseable body has no key of its own: the producer's IdempotencyKey must survive,
+    # and a redriven message's old reason must not.
+    send(aws, "{not json", IdempotencyKey="producer-key", ErrorKind="permanent")
+
+    delivery.poll_once()
+
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "IdempotencyKey") == "producer-key"
+    assert attribute(parked, "ErrorKind") == "invalid"
+    assert lancepilot.received == []
+
+
 def test_last_allowed_receive_parks_the_message_as_exhausted(delivery, aws, lancepilot):
     lancepilot.set_default(Fault.status(503))
     send(aws, lancepilot_message())

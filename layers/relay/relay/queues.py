@@ -77,8 +77,9 @@ class Queues:
             elif given:
                 attributes[name] = _string(given[:MAX_ERROR_MESSAGE])
         for name, kept in original.items():
-            # A redriven message's old reason is not this one's.
-            if name.startswith("Error") or name in reason:
+            # A redriven message's old reason is not this one's; a key the reason leaves
+            # empty (an unparseable body has no key of its own) keeps the message's own.
+            if name.startswith("Error") or name in attributes:
                 continue
             if len(attributes) < MAX_ATTRIBUTES:
                 attributes[name] = kept
