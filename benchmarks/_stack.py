@@ -397,14 +397,16 @@ def run_child(
     timeout_s: float = 60.0,
     prelude: str = "",
     limit_s: float = 300.0,
+    wrapper: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run ``handler`` on ``events`` in a fresh interpreter (benchmarks/_child.py).
 
     ``mode="cold"``: phases of the first invocation (``prelude``, the handler's own import
     statements, first; then the module, whose body is then only its init; then ``events[0]``).
-    ``mode="run"``: ``warmup`` events untimed, the rest timed. Returns the child's JSON plus
-    ``spawned_at`` and ``spawn_to_answer_s`` (the parent's clock, from just before exec to the
-    answer arriving). perf_counter is CLOCK_MONOTONIC, shared by processes.
+    ``mode="run"``: ``warmup`` events untimed, the rest timed. ``wrapper`` goes before the
+    interpreter (valgrind); its stderr tail is kept as ``wrapper_stderr``. Returns the child's
+    JSON plus ``spawned_at`` and ``spawn_to_answer_s`` (the parent's clock, from just before
+    exec to the answer arriving). perf_counter is CLOCK_MONOTONIC, shared by processes.
     """
     spec = {
         "mode": mode,
@@ -424,7 +426,7 @@ def run_child(
         spec_file.flush()
         spawned_at = time.perf_counter()
         child = subprocess.Popen(
-            [*LAUNCH, *PYTHON, str(CHILD), str(write_fd), spec_file.name],
+            [*LAUNCH, *wrapper, *PYTHON, str(CHILD), str(write_fd), spec_file.name],
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,  # the handlers' logs and EMF metrics
@@ -441,11 +443,13 @@ def run_child(
             if child.poll() is None:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
+        err.seek(0)
+        tail = err.read().decode(errors="replace")[-3000:]
         if not line:
-            err.seek(0)
-            tail = err.read().decode(errors="replace")[-3000:]
             raise RuntimeError(f"{handler} exited {child.returncode} without an answer:\n{tail}")
     result: dict[str, Any] = json.loads(line)
+    if wrapper:
+        result["wrapper_stderr"] = tail  # what the wrapper (valgrind) reported at exit
     result["spawned_at"] = spawned_at
     result["spawn_to_answer_s"] = answered_at - spawned_at
     return result

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import statistics
 import subprocess
 from collections import defaultdict
@@ -106,6 +107,35 @@ def measure(stack: BenchStack, rounds: int, delivery_batch: int) -> dict[str, li
 
 
 _LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
+_COLLECTED = re.compile(r"Collected : (\d+)")
+CALLGRIND = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+
+
+def instructions(stack: BenchStack, rounds: int, delivery_batch: int) -> dict[str, list[int]]:
+    """Instructions each variant executes from exec to its first answer, under callgrind.
+
+    A count, not a time: the same for the same code and inputs whatever else the machine does,
+    so the ratio needs no statistics. It leaves out waiting (on moto_server, the providers),
+    which the wall-clock ratio includes."""
+    counts: dict[str, list[int]] = defaultdict(list)
+    for round_number in range(rounds):
+        for name, (handler, traced, _) in VARIANTS.items():
+            result = run_child(
+                HANDLERS[handler],
+                stack.process_env(handler, tracing=traced),
+                [event_for(handler, 1000 + round_number, delivery_batch)],
+                mode="cold",
+                tracing=traced,
+                timeout_s=TIMEOUTS[handler.removesuffix("-floor")],
+                prelude=import_statements(HANDLERS[handler]),
+                wrapper=CALLGRIND,
+            )
+            check(name, result["answers"])
+            found = _COLLECTED.search(result["wrapper_stderr"])
+            if found is None:
+                raise RuntimeError(f"{name}: no count from callgrind: {result['wrapper_stderr']}")
+            counts[name].append(int(found.group(1)))
+    return counts
 
 
 def importtime(stack: BenchStack, handler: str, repeats: int) -> dict[str, dict[str, float]]:
@@ -167,9 +197,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 rounds, 1 importtime run")
     parser.add_argument("--rounds", type=int, help="fresh processes per variant (default 45)")
     parser.add_argument("--delivery-batch", type=int, default=1, help="records in its 1st event")
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        help="rounds under callgrind, counting instructions (default 3, --quick 1; 0: none)",
+    )
     parser.add_argument("--out", default="benchmarks/results/cold_start.json")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 45)
+    counted = args.instructions if args.instructions is not None else (1 if args.quick else 3)
+    if counted and shutil.which("valgrind") is None:
+        print("valgrind not found: no instruction counts")
+        counted = 0
 
     with BenchStack(latency=0.0) as stack:
         runs = measure(stack, rounds, args.delivery_batch)
@@ -179,6 +218,7 @@ def main() -> None:
             for name in ("webhook", "webhook-floor", "delivery", "delivery-floor")
         }
         trace_datagrams = stack.trace_datagrams
+        counts = instructions(stack, counted, args.delivery_batch) if counted else {}
 
     summary = {
         name: {p: summarize([r[p] for r in results]) for p in PHASES}
@@ -199,6 +239,11 @@ def main() -> None:
                 for r, f_r in zip(runs[name], runs[floor], strict=True)
             )
             verdicts[name] = {
+                "ratio_instructions": (
+                    statistics.median(counts[name]) / statistics.median(counts[floor])
+                    if counts
+                    else None
+                ),
                 "ratio": ratio,
                 "ratio_paired": paired,
                 "ratio_in_process": s["total_s"]["median"] / f["total_s"]["median"],
@@ -234,6 +279,7 @@ def main() -> None:
             "summary": summary,
             "verdicts": verdicts,
             "importtime": reports,
+            "instructions": counts,
             "trace_datagrams": trace_datagrams,
             "runs": runs,
         },
@@ -244,6 +290,20 @@ def main() -> None:
     headers += ["paired rounds"]
     headers += [f"≤ {TARGET}x (wall)"]
     print(markdown_table(headers, rows))
+    if counts:
+        print(f"\n### Instructions to the first answer (callgrind, {counted} run(s) each)\n")
+        table = []
+        for name, (_, _, floor) in VARIANTS.items():
+            ratio_i = verdicts[name]["ratio_instructions"] if floor is not None else None
+            table.append(
+                [
+                    name,
+                    f"{statistics.median(counts[name]) / 1e6:.0f}",
+                    f"{(max(counts[name]) - min(counts[name])) / 1e6:.1f}",
+                    "" if ratio_i is None else f"{ratio_i:.3f}x",
+                ]
+            )
+        print(markdown_table(["variant", "M instructions", "spread (M)", "vs floor"], table))
     for name, report in reports.items():
         print(
             f"\n### `-X importtime`: {name} (self total {report['total_self_ms']:.0f} ms, ", end=""
