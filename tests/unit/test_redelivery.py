@@ -44,7 +44,7 @@ def test_prefer_header(header, expected):
 def test_key_order_body_then_header_then_webhook_id():
     message = Message("fluents", "+14155550123", "hi", sender="+12025550143")
     headers = {"idempotency-key": "h", "webhook-id": "w"}
-    keyed = Message(**{**message.__dict__, "idempotency_key": "b"})
+    keyed = message._replace(idempotency_key="b")
     assert caller_key(keyed, headers, signed=False) == "b"
     assert caller_key(message, headers, signed=False) == "h"
     assert caller_key(message, {"webhook-id": "w"}, signed=False) == "w"
@@ -56,5 +56,5 @@ def test_a_signed_request_is_keyed_by_what_its_signature_covers():
     message = Message("fluents", "+14155550123", "hi", sender="+12025550143")
     headers = {"idempotency-key": "h", "webhook-id": "w"}
     assert caller_key(message, headers, signed=True) == "w"
-    keyed = Message(**{**message.__dict__, "idempotency_key": "b"})
+    keyed = message._replace(idempotency_key="b")
     assert caller_key(keyed, headers, signed=True) == "b"

@@ -13,8 +13,7 @@ import binascii
 import hashlib
 import hmac
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from relay.errors import Misconfigured, Unauthenticated
 
@@ -25,8 +24,7 @@ TOLERANCE_SECONDS = 5 * 60
 _NOT_AUTHENTICATED = "not authenticated: send Authorization: Bearer <key> or a webhook signature"
 
 
-@dataclass(frozen=True)
-class AuthKeys:
+class AuthKeys(NamedTuple):
     """The auth secret, decoded: API keys and HMAC signing keys (several of each, for rotation)."""
 
     api_keys: tuple[bytes, ...]

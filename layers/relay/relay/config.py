@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from relay.ids import is_uuid
 from relay.phone import is_e164
@@ -20,8 +19,7 @@ class ConfigError(ValueError):
     """The deployment's environment is wrong; raised at init so the mistake shows at once."""
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """Everything the relay reads from its environment. Env names live here and nowhere else."""
 
     provider_tokens_secret: str
@@ -55,6 +53,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Parse and check the environment; raise ConfigError naming every bad variable."""
         env = os.environ if environ is None else environ
+        default = cls._field_defaults
         problems: list[str] = []
 
         def get(name: str) -> str | None:
@@ -99,11 +98,11 @@ class Settings:
             problems.append("FLUENTS_FROM_NUMBER must be an E.164 number (+ and 8-15 digits)")
 
         urls = {}
-        for name, default in (
-            ("LANCEPILOT_API_URL", cls.lancepilot_api_url),
-            ("FLUENTS_API_URL", cls.fluents_api_url),
+        for name, fallback in (
+            ("LANCEPILOT_API_URL", default["lancepilot_api_url"]),
+            ("FLUENTS_API_URL", default["fluents_api_url"]),
         ):
-            url = (get(name) or default).rstrip("/")
+            url = (get(name) or fallback).rstrip("/")
             if not url.startswith(("https://", "http://")):
                 problems.append(f"{name} must be an http(s) URL")
             urls[name] = url
@@ -117,21 +116,25 @@ class Settings:
             default_provider=default_provider,
             lancepilot_workspace_id=workspace,
             fluents_from_number=sender,
-            connect_timeout=number("HTTP_CONNECT_TIMEOUT", cls.connect_timeout),
-            read_timeout=number("HTTP_READ_TIMEOUT", cls.read_timeout),
-            send_budget=number("SEND_BUDGET_SECONDS", cls.send_budget),
-            max_attempts=int(number("MAX_SEND_ATTEMPTS", cls.max_attempts, int)),
-            backoff_base=number("BACKOFF_BASE_SECONDS", cls.backoff_base),
-            backoff_max=number("BACKOFF_MAX_SECONDS", cls.backoff_max),
-            max_connections=int(number("MAX_PROVIDER_CONNECTIONS", cls.max_connections, int)),
-            secrets_max_age=int(number("SECRETS_MAX_AGE_SECONDS", cls.secrets_max_age, int)),
-            idempotency_ttl=int(number("IDEMPOTENCY_TTL_SECONDS", cls.idempotency_ttl, int)),
+            connect_timeout=number("HTTP_CONNECT_TIMEOUT", default["connect_timeout"]),
+            read_timeout=number("HTTP_READ_TIMEOUT", default["read_timeout"]),
+            send_budget=number("SEND_BUDGET_SECONDS", default["send_budget"]),
+            max_attempts=int(number("MAX_SEND_ATTEMPTS", default["max_attempts"], int)),
+            backoff_base=number("BACKOFF_BASE_SECONDS", default["backoff_base"]),
+            backoff_max=number("BACKOFF_MAX_SECONDS", default["backoff_max"]),
+            max_connections=int(
+                number("MAX_PROVIDER_CONNECTIONS", default["max_connections"], int)
+            ),
+            secrets_max_age=int(number("SECRETS_MAX_AGE_SECONDS", default["secrets_max_age"], int)),
+            idempotency_ttl=int(number("IDEMPOTENCY_TTL_SECONDS", default["idempotency_ttl"], int)),
             delivery_queue_url=get("DELIVERY_QUEUE_URL"),
             dead_letter_queue_url=get("DEAD_LETTER_QUEUE_URL"),
-            max_receive_count=int(number("MAX_RECEIVE_COUNT", cls.max_receive_count, int)),
-            provider_concurrency=int(number("PROVIDER_CONCURRENCY", cls.provider_concurrency, int)),
-            redelivery_base=number("REDELIVERY_BASE_SECONDS", cls.redelivery_base),
-            redelivery_max=number("REDELIVERY_MAX_SECONDS", cls.redelivery_max),
+            max_receive_count=int(number("MAX_RECEIVE_COUNT", default["max_receive_count"], int)),
+            provider_concurrency=int(
+                number("PROVIDER_CONCURRENCY", default["provider_concurrency"], int)
+            ),
+            redelivery_base=number("REDELIVERY_BASE_SECONDS", default["redelivery_base"]),
+            redelivery_max=number("REDELIVERY_MAX_SECONDS", default["redelivery_max"]),
         )
         if problems:
             raise ConfigError("; ".join(problems))

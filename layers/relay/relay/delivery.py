@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from relay.errors import ProviderRejected, ProviderTimeout, ProviderUnavailable, RelayError
 from relay.observability import logger, outcomes, status_class, tracer
@@ -24,8 +23,7 @@ if TYPE_CHECKING:
 MAX_RETRY_AFTER = 3600
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):
     """A message the provider accepted."""
 
     relay_id: str
@@ -38,7 +36,7 @@ class Delivery:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Delivery:
         """A delivery as the idempotency store kept it (extra keys, like "replayed", ignored)."""
-        return cls(**{name: record[name] for name in cls.__dataclass_fields__})
+        return cls(**{name: record[name] for name in cls._fields})
 
 
 class Deliverer:
@@ -100,7 +98,7 @@ class Deliverer:
         self, request: dict[str, Any], message: Message, relay_id: str, deadline: float
     ) -> dict[str, Any]:
         """``deliver`` in the form idempotency stores: ``request`` is the idempotent payload."""
-        return asdict(self.deliver(message, relay_id, deadline))
+        return self.deliver(message, relay_id, deadline)._asdict()
 
     def _settle(
         self, message: Message, relay_id: str, reply: Reply, started: float, context: dict[str, str]

@@ -9,8 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from relay.auth import authenticate
 from relay.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
@@ -26,8 +25,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_KEY_LENGTH = 255
 
 
-@dataclass(frozen=True)
-class HttpRequest:
+class HttpRequest(NamedTuple):
     """An HTTP request as the relay needs it: header names in lower case, the body as received
     (API Gateway passes binary bodies base64-encoded)."""
 
@@ -42,8 +40,7 @@ class HttpRequest:
         return body
 
 
-@dataclass(frozen=True)
-class Incoming:
+class Incoming(NamedTuple):
     """An accepted request: its message, and the key that makes sending it idempotent."""
 
     message: Message

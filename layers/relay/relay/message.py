@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from relay.config import PROVIDERS, ProviderName
 from relay.errors import InvalidMessage
@@ -22,8 +21,7 @@ FIELDS = frozenset({"provider", "to", "text", "from", "workspace", "idempotency_
 ONLY_FOR: dict[str, ProviderName] = {"from": "fluents", "workspace": "lancepilot"}
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     """A validated message, with the deployment's defaults filled in."""
 
     provider: ProviderName
@@ -34,8 +32,7 @@ class Message:
     idempotency_key: str | None = None
 
 
-@dataclass(frozen=True)
-class Defaults:
+class Defaults(NamedTuple):
     """What the deployment supplies when a message leaves a field out."""
 
     provider: ProviderName | None = None

@@ -9,8 +9,7 @@ Bearer <token>``. docs/providers.md says what the documents leave open and how i
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
 
 from relay.phone import digits
@@ -22,8 +21,7 @@ if TYPE_CHECKING:
 MAX_ERROR_DETAIL = 2048
 
 
-@dataclass(frozen=True)
-class OutboundRequest:
+class OutboundRequest(NamedTuple):
     """One provider call: always a JSON POST."""
 
     url: str

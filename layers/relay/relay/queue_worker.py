@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from relay.errors import (
     InvalidMessage,
@@ -43,8 +42,7 @@ MAX_VISIBILITY = 12 * 3600  # SQS's ceiling
 PARKED_REASON = {"invalid": "invalid", "permanent": "provider_rejected", "exhausted": "exhausted"}
 
 
-@dataclass(frozen=True)
-class QueuedMessage:
+class QueuedMessage(NamedTuple):
     """One SQS message as the relay needs it (adapted from the Lambda event by the handler)."""
 
     message_id: str

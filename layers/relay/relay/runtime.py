@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import boto3
 
@@ -24,8 +23,7 @@ if TYPE_CHECKING:
 ANSWER_MARGIN_SECONDS = 1.5
 
 
-@dataclass(frozen=True)
-class Relay:
+class Relay(NamedTuple):
     """Settings, secrets, AWS clients and the provider client, shared across invocations."""
 
     settings: Settings

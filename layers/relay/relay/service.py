@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from relay.delivery import Delivery
 from relay.idempotency import QUEUED, REPLAYED, request_for
@@ -20,8 +19,7 @@ if TYPE_CHECKING:
     from relay.queues import Queues
 
 
-@dataclass(frozen=True)
-class Queued:
+class Queued(NamedTuple):
     """A message put on the delivery queue (answered 202)."""
 
     relay_id: str
@@ -78,7 +76,7 @@ class MessageService:
     ) -> dict[str, Any]:
         if queue:
             return self._enqueue(message, body, relay_id, key)
-        return asdict(self._deliverer.deliver(message, relay_id, deadline))
+        return self._deliverer.deliver(message, relay_id, deadline)._asdict()
 
     def _enqueue(
         self, message: Message, body: bytes, relay_id: str, key: str | None

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import urllib3
 from urllib3.exceptions import (
@@ -41,8 +40,7 @@ RETRY_STATUSES = frozenset({408, 429, *range(500, 600)})
 MAX_REPLY_BYTES = 64 * 1024  # more than any documented answer; the rest is not read
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     """The provider's final answer (after any retries)."""
 
     status: int
