@@ -36,6 +36,7 @@ import ast
 import importlib.metadata
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -83,6 +84,9 @@ PYTHON = (sys.executable, "-S")
 LAUNCH = ("/bin/sh", "-c", '"$@" & wait $!', "sh")
 # Lambda's timeouts in template.yaml: the webhook 28 s, the delivery function 60 s.
 TIMEOUTS = {"webhook": 28.0, "delivery": 60.0}
+# run_child(wrapper=CALLGRIND) counts a child's user-space instructions; COLLECTED finds the total
+CALLGRIND = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+COLLECTED = re.compile(r"Collected : (\d+)")
 
 
 class BenchStack:

@@ -31,6 +31,8 @@ from collections import defaultdict
 from typing import Any
 
 from benchmarks._stack import (
+    CALLGRIND,
+    COLLECTED,
     HANDLERS,
     PYTHON,
     TIMEOUTS,
@@ -107,8 +109,6 @@ def measure(stack: BenchStack, rounds: int, delivery_batch: int) -> dict[str, li
 
 
 _LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
-_COLLECTED = re.compile(r"Collected : (\d+)")
-CALLGRIND = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
 
 
 def instructions(stack: BenchStack, rounds: int, delivery_batch: int) -> dict[str, list[int]]:
@@ -131,7 +131,7 @@ def instructions(stack: BenchStack, rounds: int, delivery_batch: int) -> dict[st
                 wrapper=CALLGRIND,
             )
             check(name, result["answers"])
-            found = _COLLECTED.search(result["wrapper_stderr"])
+            found = COLLECTED.search(result["wrapper_stderr"])
             if found is None:
                 raise RuntimeError(f"{name}: no count from callgrind: {result['wrapper_stderr']}")
             counts[name].append(int(found.group(1)))

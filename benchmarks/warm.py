@@ -23,11 +23,14 @@ wall time. Two views keep that honest:
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 from collections import defaultdict
 from typing import Any
 
 from benchmarks._stack import (
+    CALLGRIND,
+    COLLECTED,
     HANDLERS,
     TIMEOUTS,
     BenchStack,
@@ -104,6 +107,33 @@ def measure(
     return runs
 
 
+def instructions_per_message(stack: BenchStack, few: int, many: int) -> dict[str, float]:
+    """User-space instructions per message, under callgrind: two runs of each variant, ``few``
+    and ``many`` messages, differenced, so start-up and warm-up cancel out. A count that other
+    load does not move; it leaves out the kernel's work (sockets, writes), which CPU time has."""
+    per_message: dict[str, float] = {}
+    for name, (handler, traced, _) in VARIANTS.items():
+        counts = []
+        for messages in (few, many):
+            batch, _ = events(handler, messages, 0)
+            result = run_child(
+                HANDLERS[handler],
+                stack.process_env(handler, tracing=traced),
+                batch,
+                tracing=traced,
+                timeout_s=TIMEOUTS[handler.removesuffix("-floor")],
+                wrapper=CALLGRIND,
+                limit_s=900.0,
+            )
+            check(name, result["answers"], len(batch))
+            found = COLLECTED.search(result["wrapper_stderr"])
+            if found is None:
+                raise RuntimeError(f"{name}: no count from callgrind: {result['wrapper_stderr']}")
+            counts.append(int(found.group(1)))
+        per_message[name] = (counts[1] - counts[0]) / (many - few)
+    return per_message
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,6 +141,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 round of 100 messages")
     parser.add_argument("--rounds", type=int, help="processes per variant (default 3)")
     parser.add_argument("--messages", type=int, help="timed messages per process (default 400)")
+    parser.add_argument(
+        "--instructions",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also count instructions per message under callgrind (about 5 minutes)",
+    )
     parser.add_argument("--out", default="benchmarks/results/warm.json")
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
@@ -120,6 +156,8 @@ def main() -> None:
 
     with BenchStack(latency=0.0) as stack:
         runs = measure(stack, rounds, messages, warmup)
+        counted = args.instructions and shutil.which("valgrind") is not None
+        per_message = instructions_per_message(stack, 20, 120) if counted else {}
 
     keys = ("wall_ms_per_message", "cpu_ms_per_message", "messages_per_second")
     summary = {n: {k: summarize([r[k] for r in rs]) for k in keys} for n, rs in runs.items()}
@@ -162,6 +200,7 @@ def main() -> None:
             "target_ratio": TARGET,
             "summary": summary,
             "verdicts": verdicts,
+            "instructions_per_message": per_message,
             "runs": runs,
         },
     )
@@ -169,6 +208,13 @@ def main() -> None:
     headers = ["variant", "msg/s", "wall ms/msg", "CPU ms/msg", "wall vs floor", "CPU vs floor"]
     headers += ["relay - floor ms/msg (wall / CPU)", f"≤ {TARGET}x (wall and CPU)"]
     print(markdown_table(headers, rows))
+    if per_message:
+        print("\n### Instructions per message (callgrind, 120 less 20 messages)\n")
+        table = []
+        for name, (_, _, floor) in VARIANTS.items():
+            ratio = "" if floor is None else f"{per_message[name] / per_message[floor]:.2f}x"
+            table.append([name, f"{per_message[name] / 1e6:.2f}", ratio])
+        print(markdown_table(["variant", "M instructions / message", "vs floor"], table))
     print(f"\nWrote {out}")
 
 
