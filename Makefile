@@ -62,7 +62,7 @@ reliability: $(STAMP) ## 2,000 messages under seeded faults; prints docs/reliabi
 soak: $(STAMP) ## the same with 50,000 messages (about 40 minutes)
 	$(BIN)/python -m tests.reliability.harness --messages 50000 --seed 7
 
-bench: $(BENCH_STAMP) ## benchmarks and chart for docs/performance.md (about 25 minutes)
+bench: $(BENCH_STAMP) ## benchmarks and chart for docs/performance.md (about 35 minutes)
 	$(BIN)/python -m benchmarks.cold_start
 	$(BIN)/python -m benchmarks.warm
 	$(BIN)/python -m benchmarks.batch
