@@ -21,13 +21,18 @@ One deliberate deviation from the Lancepilot document: it declares the ``{number
 parameter as ``format: uuid``, but the real API takes the contact's phone number there (digits
 with country code, no ``+``). The stand-in checks 8-15 digits instead; see ``_PARAM_OVERRIDES``.
 
-:class:`Fault` makes the next request(s) fail in a chosen way (an error status, a hang, a
-connection reset, a non-JSON body) so clients' retry and timeout handling can be tested.
+:class:`Fault` makes the next request(s) fail in a chosen way (an error status, with or without
+``Retry-After``, a hang, a slow answer, a connection reset before or after the request is read,
+a malformed or oddly shaped body on any status) so clients' retry and timeout handling can be
+tested. Faults come from a queue (:meth:`ProviderSandbox.enqueue`), a default
+(:meth:`ProviderSandbox.set_default`), or a chooser (:meth:`ProviderSandbox.set_chooser`) that
+picks one per request after looking at it, so that a test can give each message its own plan.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import io
 import json
 import socket
@@ -99,6 +104,7 @@ class Fault:
     body: bytes = b""
     headers: tuple[tuple[str, str], ...] = ()
     seconds: float = 0.0
+    retry_after_in: float | None = None  # a Retry-After HTTP-date this far ahead of the answer
 
     @classmethod
     def status(
@@ -107,8 +113,15 @@ class Fault:
         body: Any = None,
         retry_after: str | None = None,
         headers: Mapping[str, str] | None = None,
+        *,
+        retry_after_date_in: float | None = None,
     ) -> Fault:
-        """Answer ``code`` with ``body`` (bytes as-is, anything else as JSON, None = empty)."""
+        """Answer ``code`` with ``body`` (bytes as-is, anything else as JSON, None = empty).
+
+        ``retry_after`` is sent as given (``"1"``, or any text); ``retry_after_date_in`` sends
+        ``Retry-After`` as an HTTP-date that many seconds after the moment of answering (HTTP
+        dates have whole seconds, so the wait a client computes is up to a second shorter).
+        """
         extra = dict(headers or {})
         if retry_after is not None:
             extra["Retry-After"] = retry_after
@@ -123,7 +136,13 @@ class Fault:
             data = json.dumps(body).encode()
             if not typed:
                 extra["Content-Type"] = "application/json"
-        return cls("status", code=code, body=data, headers=tuple(extra.items()))
+        return cls(
+            "status",
+            code=code,
+            body=data,
+            headers=tuple(extra.items()),
+            retry_after_in=retry_after_date_in,
+        )
 
     @classmethod
     def hang(cls, seconds: float) -> Fault:
@@ -145,7 +164,12 @@ class Fault:
 
     @classmethod
     def reset_before_read(cls) -> Fault:
-        """Reset the connection (RST) as soon as a request arrives, without reading it."""
+        """Reset the connection (RST) instead of reading the request; it is not recorded.
+
+        Queued and default faults reset as soon as the request's first byte arrives. A chooser
+        needs to see the request to pick its fault, so with one the request is read first and
+        then dropped unrecorded and unanswered: to the client the two look the same.
+        """
         return cls("reset_before_read")
 
     @classmethod
@@ -154,10 +178,29 @@ class Fault:
         return cls("reset_after_read")
 
     @classmethod
-    def garbage_body(cls) -> Fault:
-        """Answer 201 with a body that is not JSON."""
-        html = (("Content-Type", "text/html; charset=utf-8"),)
-        return cls("garbage", code=201, body=b"<html>oops</html>", headers=html)
+    def garbage_body(
+        cls,
+        code: int = 201,
+        body: bytes = b"<html>oops</html>",
+        content_type: str = "text/html; charset=utf-8",
+    ) -> Fault:
+        """Answer ``code`` (a 201 by default) with a body that is not JSON (HTML by default)."""
+        return cls("garbage", code=code, body=body, headers=(("Content-Type", content_type),))
+
+    @classmethod
+    def truncated_json(cls, code: int, document: Any) -> Fault:
+        """Answer ``code`` with ``document`` as JSON cut off halfway (a complete HTTP answer,
+        ``Content-Type: application/json``, whose body does not parse)."""
+        data = json.dumps(document).encode()
+        cut = data[: max(1, len(data) // 2)]
+        return cls("garbage", code=code, body=cut, headers=(("Content-Type", "application/json"),))
+
+    def headers_now(self) -> tuple[tuple[str, str], ...]:
+        """The headers to send with this fault's answer, dated now where a date is asked for."""
+        if self.retry_after_in is None:
+            return self.headers
+        date = email.utils.formatdate(time.time() + self.retry_after_in, usegmt=True)
+        return (*self.headers, ("Retry-After", date))
 
 
 # --- the contract, read from the spec document ---------------------------------------------------
@@ -478,6 +521,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _Server
     _fault: Fault | None = None
+    _chooser: Callable[[Received], Fault | None] | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: the sandbox records requests instead of logging them."""
@@ -502,7 +546,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not waiting:
             self.close_connection = True
             return
-        self._fault = self.server.sandbox._next_fault()
+        self._fault, self._chooser = self.server.sandbox._next_fault()
         if self._fault is not None and self._fault.kind == "reset_before_read":
             self._reset()
             return
@@ -534,10 +578,15 @@ class _Handler(BaseHTTPRequestHandler):
         seen = Received(
             self.command, self.path, headers, body, verdict.json, verdict.violations, None
         )
+        if self._chooser is not None:
+            fault = self._chooser(seen)
+            if fault is not None and fault.kind == "reset_before_read":
+                self._reset()  # read only to choose: not recorded, not answered
+                return
 
         if fault is not None and fault.kind in ("status", "garbage"):
             sandbox._record(replace(seen, answered=fault.code))
-            self._send_raw(fault.code, fault.body, fault.headers)
+            self._send_raw(fault.code, fault.body, fault.headers_now())
             return
         if fault is not None and fault.kind in ("hang", "reset_after_read"):
             sandbox._record(seen)  # the client is expected to give up before any answer comes
@@ -658,7 +707,7 @@ class ProviderSandbox:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._in_flight = 0
-        self._chooser: Callable[[], Fault | None] | None = None
+        self._chooser: Callable[[Received], Fault | None] | None = None
         self.peak_in_flight = 0  # most requests being answered at once since the last reset
 
     @property
@@ -744,18 +793,24 @@ class ProviderSandbox:
 
     # --- used by the handler ---
 
-    def set_chooser(self, chooser: Callable[[], Fault | None] | None) -> None:
-        """Ask ``chooser`` for each request's fault while nothing is queued (fault injection)."""
+    def set_chooser(self, chooser: Callable[[Received], Fault | None] | None) -> None:
+        """Ask ``chooser`` for each request's fault while nothing is queued (fault injection).
+
+        The chooser sees the request as read (``answered`` None) and returns its fault, or
+        None for the normal answer; it runs on the request's thread, so it must be thread-safe.
+        The default fault does not apply while a chooser is set.
+        """
         with self._lock:
             self._chooser = chooser
 
-    def _next_fault(self) -> Fault | None:
+    def _next_fault(self) -> tuple[Fault | None, Callable[[Received], Fault | None] | None]:
+        """The next request's fault, or the chooser that picks it once the request is read."""
         with self._lock:
             if self._queue:
-                return self._queue.popleft()
+                return self._queue.popleft(), None
             if self._chooser is not None:
-                return self._chooser()
-            return self._default
+                return None, self._chooser
+            return self._default, None
 
     def _record(self, received: Received) -> None:
         with self._lock:

@@ -1,13 +1,22 @@
-"""Fault injection at volume: the whole local stack, random provider faults, every message traced.
+"""Fault injection at volume: the whole local stack, seeded provider faults, every message traced.
 
+    python -m tests.reliability.harness --messages 2000 --seed 7      # make reliability
     python -m tests.reliability.harness --messages 50000 --seed 7     # make soak
+    python -m tests.reliability.harness --json runs/soak.json         # keep the raw counts
 
 Messages go in through both entry points (SQS producers; the webhook, queued and synchronous)
-while the sandbox providers answer with faults drawn from a seeded RNG. Each message carries a
-tag in its text, so the providers' request logs say how often each one arrived. At the end
-every message must be in exactly one state: delivered once, in the dead-letter queue with its
-reason, or refused to its (synchronous) caller with a final answer. A duplicate is allowed
-only where the provider received a request whose answer never came back (ambiguous).
+while the sandbox providers answer with faults. Each message's plan (its entry point, provider,
+whether it is broken, and the fault met by each of its provider requests in turn) is derived
+from the seed and the message's index before anything is sent, so a seed reproduces the same
+plan whatever the threads do. Each message carries a tag in its text, so the sandbox knows
+which message a request is for and the providers' request logs say how often each arrived.
+
+At the end every message must be in exactly one state: delivered (once, or again only after a
+request whose answer never came back), dead-lettered with a reason that matches the faults it
+met, or refused to its synchronous caller with the provider's refusal. A message parked or
+refused after an ambiguous send (the provider may have kept it) is counted apart, as possibly
+delivered. The tables printed are the ones docs/reliability.md quotes; the raw counts go to a
+JSON file (``--json``, ``$RELIABILITY_REPORT_JSON``, or a file in the temp directory).
 """
 
 from __future__ import annotations
@@ -17,41 +26,201 @@ import json
 import os
 import random
 import re
+import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Literal
 
 import boto3
 import urllib3
 
-from relay_local.sandbox import Fault
+from relay_local.sandbox import Fault, Received
 from relay_local.stack import DEV_API_KEY, DevStack
 
 TAG = re.compile(r"rel-\d{7}")
+PROVIDERS = ("lancepilot", "fluents")
+ENTRIES = {"sqs": 40, "http async": 30, "http sync": 30}  # entry point -> share of messages
+BROKEN_SHARE = 0.02  # SQS producers' messages without "to": parked as invalid, never sent
+# Queued messages whose every provider request meets a retryable fault: they must end as
+# `exhausted` once the queue's receives run out. Each costs up to 4 attempts x 5 receives.
+EXHAUST_SHARE = 0.015
+REPORT_ENV = "RELIABILITY_REPORT_JSON"
 
-# Fault mix per provider request: (name, weight, fault). None = a normal answer.
-FAULTS: list[tuple[str, float, Fault | None]] = [
-    ("ok", 70, None),
-    ("5xx", 5, Fault.status(503)),
-    ("429 Retry-After", 3, Fault.status(429, retry_after="1")),
-    ("reset before read", 3, Fault.reset_before_read()),
-    ("reset after read", 2, Fault.reset_after_read()),
-    ("hang past timeout", 2, Fault.hang(1.2)),
-    ("slow answer", 5, Fault.slow(0.1)),
-    ("malformed body", 3, Fault.garbage_body()),
-    ("permanent 4xx", 2, None),  # the provider's own documented refusal, built per provider
-]
-PERMANENT = {
-    "lancepilot": Fault.status(
-        422, {"message": "Validation error", "errors": {"number": ["is not on WhatsApp"]}}
+# --- the fault catalogue ------------------------------------------------------------------------
+
+Effect = Literal["accepted", "retryable", "ambiguous", "permanent"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of provider answer: its row in the table, its share, what it means."""
+
+    label: str  # the row in docs/reliability.md's "what was tried" table
+    weight: float  # share of provider requests (per request, for an ordinary message)
+    effect: Effect  # what the relay should take it to mean
+    faults: dict[str, tuple[Fault | None, ...]]  # provider -> variants (None = normal answer)
+    status: bool = False  # answered with an HTTP status the relay sees (ErrorStatus applies)
+
+
+def _per_provider(build: Any) -> dict[str, tuple[Fault | None, ...]]:
+    return {provider: tuple(build(provider)) for provider in PROVIDERS}
+
+
+def _server_error(provider: str, code: int) -> dict[str, Any]:
+    """A 5xx's body as each provider's framework writes it (neither document describes one)."""
+    if provider == "lancepilot":  # Laravel
+        return {"message": "Server Error" if code == 500 else _phrase(code)}
+    message = "Internal server error" if code == 500 else _phrase(code)  # NestJS
+    return {"statusCode": code, "message": message}
+
+
+def _phrase(code: int) -> str:
+    return HTTPStatus(code).phrase
+
+
+def _gateway_page(code: int) -> Fault:
+    title = f"{code} {_phrase(code)}"
+    page = f"<html><head><title>{title}</title></head><body><h1>{title}</h1><hr>nginx</body></html>"
+    return Fault.garbage_body(code, page.encode())
+
+
+REFUSAL = {  # each provider's documented refusal of a message
+    "lancepilot": (
+        422,
+        {"message": "Validation error", "errors": {"number": ["is not on WhatsApp"]}},
     ),
-    "fluents": Fault.status(
-        400, {"message": "to_number is invalid", "error": "Bad Request", "statusCode": 400}
+    "fluents": (
+        400,
+        {"message": "to_number is invalid", "error": "Bad Request", "statusCode": 400},
     ),
 }
+CREATED = {  # what a success body looks like (Fluents documents none; this is a plausible one)
+    "lancepilot": {
+        "status": 201,
+        "message": "Resource created successfully.",
+        "data": {"id": "9b1f7c7e-3c1a-4a8e-9d55-0c2b9f0e6a11"},
+    },
+    "fluents": {"id": "msg_01HZX8", "status": "queued"},
+}
+
+CATALOGUE: dict[str, Kind] = {
+    "ok": Kind(
+        "provider requests answered normally", 70, "accepted", _per_provider(lambda p: [None])
+    ),
+    "slow": Kind("slow answer", 5, "accepted", _per_provider(lambda p: [Fault.slow(0.1)])),
+    **{
+        f"{code}": Kind(
+            f"{code} with the provider's error body",
+            1,
+            "retryable",
+            _per_provider(lambda p, code=code: [Fault.status(code, _server_error(p, code))]),
+            status=True,
+        )
+        for code in (500, 502, 503, 504)
+    },
+    "5xx malformed": Kind(
+        "5xx with a malformed body (gateway HTML page, truncated JSON, empty JSON)",
+        1,
+        "retryable",
+        _per_provider(
+            lambda p: [
+                _gateway_page(502),
+                _gateway_page(504),
+                Fault.truncated_json(503, _server_error(p, 503)),
+                Fault.status(500, b"", headers={"Content-Type": "application/json"}),
+            ]
+        ),
+        status=True,
+    ),
+    "429": Kind(
+        "429 with `Retry-After: 1`",
+        2,
+        "retryable",
+        _per_provider(lambda p: [Fault.status(429, {"message": "Too Many Attempts."}, "1")]),
+        status=True,
+    ),
+    "429 date": Kind(
+        "429 with `Retry-After` as an HTTP date (1 s ahead)",
+        1,
+        "retryable",
+        _per_provider(
+            lambda p: [Fault.status(429, {"message": "Too Many Attempts."}, retry_after_date_in=1)]
+        ),
+        status=True,
+    ),
+    "reset before read": Kind(
+        "connection reset before the request is read",
+        3,
+        "retryable",
+        _per_provider(lambda p: [Fault.reset_before_read()]),
+    ),
+    "reset after read": Kind(
+        "connection reset after the request is read (ambiguous)",
+        2,
+        "ambiguous",
+        _per_provider(lambda p: [Fault.reset_after_read()]),
+    ),
+    "hang": Kind(
+        "hang past the read timeout (ambiguous)",
+        2,
+        "ambiguous",
+        _per_provider(lambda p: [Fault.hang(1.2)]),
+    ),
+    "2xx html": Kind(
+        "malformed (non-JSON) success body",
+        1,
+        "accepted",
+        _per_provider(lambda p: [Fault.garbage_body()]),
+    ),
+    "2xx truncated": Kind(
+        "success body of truncated JSON",
+        1,
+        "accepted",
+        _per_provider(lambda p: [Fault.truncated_json(201, CREATED[p])]),
+    ),
+    "2xx wrong shape": Kind(
+        "success body of JSON of the wrong shape (a list, a string, `data` not an object)",
+        1,
+        "accepted",
+        _per_provider(
+            lambda p: [
+                Fault.status(200, [CREATED[p]]),
+                Fault.status(201, "created"),
+                Fault.status(201, {"status": "ok", "data": ["not", "an", "object"]}),
+            ]
+        ),
+    ),
+    "4xx": Kind(
+        "permanent 4xx (Lancepilot 422, Fluents 400)",
+        1.5,
+        "permanent",
+        _per_provider(lambda p: [Fault.status(*REFUSAL[p])]),
+        status=True,
+    ),
+    "4xx malformed": Kind(
+        "permanent 4xx with a malformed body (HTML 403, truncated JSON, plain text)",
+        0.5,
+        "permanent",
+        _per_provider(
+            lambda p: [
+                _gateway_page(403),
+                Fault.truncated_json(*REFUSAL[p]),
+                Fault.garbage_body(REFUSAL[p][0], b"Bad Request", "text/plain; charset=utf-8"),
+            ]
+        ),
+        status=True,
+    ),
+}
+# What a message planned to be exhausted meets on every request: retryable faults only, and
+# quick ones (no Retry-After waits), so that its receives do not hold up their batches.
+EXHAUSTING = ("500", "502", "503", "504", "5xx malformed", "reset before read")
+PLANNED_ATTEMPTS = 12  # an ordinary message's plan; later requests (if any) are answered normally
+
 # Fast settings, so that thousands of messages and their faults fit in a minute or two.
 SPEED = {
     "HTTP_CONNECT_TIMEOUT": "0.5",
@@ -67,42 +236,236 @@ SPEED = {
 }
 BACKLOG_LIMIT = 400  # messages waiting in the delivery queue before producers hold back
 
+# --- the plan ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One message and the faults its provider requests meet, in order."""
+
+    index: int
+    tag: str
+    entry: str  # "sqs", "http async" or "http sync"
+    provider: str
+    body: dict[str, Any]
+    broken: bool  # no "to": must be parked as invalid without a send
+    exhausting: bool  # every request meets a retryable fault: must end exhausted
+    attempts: tuple[tuple[str, int], ...]  # (catalogue key, variant) per provider request
+
+    def fault(self, attempt: int) -> tuple[str, Fault | None]:
+        """The catalogue key and the fault for this message's ``attempt``-th request (from 0)."""
+        if attempt < len(self.attempts):
+            key, variant = self.attempts[attempt]
+        elif self.exhausting:
+            key, variant = self.attempts[attempt % len(self.attempts)]
+        else:
+            key, variant = "ok", 0
+        return key, CATALOGUE[key].faults[self.provider][variant]
+
+
+def plan(messages: int, seed: int, max_receive_count: int = 5) -> list[Planned]:
+    """Every message's plan, from ``seed`` and its index alone (not from timing)."""
+    return [_plan_one(i, seed, max_receive_count) for i in range(messages)]
+
+
+def _plan_one(index: int, seed: int, max_receive_count: int) -> Planned:
+    rng = random.Random(f"webhook-relay/{seed}/{index}")  # str seeds hash the same in every run
+    tag = f"rel-{index:07d}"
+    entry = rng.choices(list(ENTRIES), list(ENTRIES.values()))[0]
+    provider = rng.choice(PROVIDERS)
+    body: dict[str, Any] = {
+        "provider": provider,
+        "to": "+14155550123",
+        "text": f"Order {tag} has shipped",
+    }
+    broken = entry == "sqs" and rng.random() < BROKEN_SHARE
+    if broken:
+        body.pop("to")
+    exhausting = not broken and entry != "http sync" and rng.random() < EXHAUST_SHARE
+
+    def draw(keys: tuple[str, ...] | list[str]) -> tuple[str, int]:
+        key = rng.choices(keys, [CATALOGUE[k].weight for k in keys])[0]
+        return key, rng.randrange(len(CATALOGUE[key].faults[provider]))
+
+    attempts: list[tuple[str, int]] = []
+    if exhausting:  # four attempts a receive at most, and the queue's receives
+        attempts = [draw(EXHAUSTING) for _ in range(4 * max_receive_count)]
+    elif not broken:
+        keys = list(CATALOGUE)
+        while len(attempts) < PLANNED_ATTEMPTS:
+            attempts.append(draw(keys))
+            if CATALOGUE[attempts[-1][0]].effect in ("accepted", "permanent"):
+                break  # the message's last request, if the relay is right
+    return Planned(index, tag, entry, provider, body, broken, exhausting, tuple(attempts))
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+ENTRY_LABELS = {
+    "sqs": "messages via SQS producers",
+    "http async": "messages via the webhook, queued (`Prefer: respond-async`)",
+    "http sync": "messages via the webhook, synchronous",
+}
+STATES = {  # end state -> its row in docs/reliability.md's "what happened" table
+    "delivered once": "delivered once",
+    "delivered again": "delivered, plus resends after an ambiguous send",
+    "parked invalid": "dead-lettered with its reason: `invalid` (broken producer messages)",
+    "parked permanent": "dead-lettered with its reason: `permanent` (provider refused)",
+    "parked exhausted": (
+        "dead-lettered with its reason: `exhausted` (retryable faults until the last receive)"
+    ),
+    "ambiguous parked permanent": (
+        "dead-lettered as `permanent` after an ambiguous send (possibly delivered)"
+    ),
+    "ambiguous parked exhausted": (
+        "dead-lettered as `exhausted` after an ambiguous send (possibly delivered)"
+    ),
+    "refused": "refused to the synchronous caller with the provider's reason (502 after its 4xx)",
+    "ambiguous refused": (
+        "refused to the synchronous caller after an ambiguous send (possibly delivered)"
+    ),
+}
+FAILURES = {  # failure list -> its row; every one must be empty
+    "lost": "**lost**",
+    "bad_dead_letters": (
+        "dead letters without their reason, or with one that does not match the faults met"
+    ),
+    "failed_though_accepted": "parked or refused although the provider's 2xx answer arrived",
+    "wrong_answers": "callers told something other than what happened",
+    "unexplained_duplicates": "duplicates not explained by an ambiguous send",
+    "queue_glitches": (
+        "messages the local queue handed to two pollers at once, or again after their delete"
+    ),
+    "violations": "requests that broke a provider's OpenAPI document",
+}
+
 
 @dataclass
 class Report:
     messages: int
     seed: int
     entry: Counter[str] = field(default_factory=Counter)
-    faults: Counter[str] = field(default_factory=Counter)
-    states: Counter[str] = field(default_factory=Counter)
+    broken: int = 0
+    exhausting: int = 0
+    faults: Counter[str] = field(default_factory=Counter)  # catalogue key -> requests served
+    states: Counter[str] = field(default_factory=Counter)  # STATES key -> messages
     dead_letter_kinds: Counter[str] = field(default_factory=Counter)
-    refused: Counter[str] = field(default_factory=Counter)
-    duplicates: int = 0
+    ambiguous: int = 0  # messages with a request the provider may have kept, answer unseen
+    ambiguous_sends: int = 0  # such requests
+    duplicates: int = 0  # requests beyond the first that the provider may have kept
+    lost: list[str] = field(default_factory=list)
+    bad_dead_letters: list[str] = field(default_factory=list)
+    failed_though_accepted: list[str] = field(default_factory=list)
+    wrong_answers: list[str] = field(default_factory=list)
     unexplained_duplicates: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)  # requests that broke a provider spec
-    lost: list[str] = field(default_factory=list)
+    queue_glitches: list[str] = field(default_factory=list)  # moto's, see _OneCallAtATime
+    queue_calls: dict[str, int] = field(default_factory=dict)  # the pollers' SQS calls
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds each: start, send, ...
+
+    def failures(self) -> dict[str, list[str]]:
+        return {name: getattr(self, name) for name in FAILURES}
+
+    def failed(self) -> bool:
+        return any(self.failures().values())
 
     def table(self) -> str:
-        rows = [("messages sent", self.messages)]
-        rows += [(f"  via {k}", v) for k, v in sorted(self.entry.items())]
-        rows += [(f"fault injected: {k}", v) for k, v in sorted(self.faults.items())]
-        rows += [(f"ended: {k}", v) for k, v in sorted(self.states.items())]
-        rows += [(f"  dead-lettered as {k}", v) for k, v in sorted(self.dead_letter_kinds.items())]
-        rows += [(f"  refused to the caller: {k}", v) for k, v in sorted(self.refused.items())]
-        rows += [
-            ("duplicate sends (requests the provider may have kept twice)", self.duplicates),
-            ("duplicates not explained by an ambiguous send", len(self.unexplained_duplicates)),
-            ("requests that broke a provider's spec", len(self.violations)),
-            ("lost", len(self.lost)),
-            ("seconds", round(self.seconds, 1)),
+        """The two tables docs/reliability.md quotes, row for row."""
+        tried: list[tuple[str, str]] = []
+        for key, label in ENTRY_LABELS.items():
+            tried.append((label, _n(self.entry[key])))
+            if key == "sqs":
+                tried.append(
+                    ("of which broken (no `to`): to be dead-lettered as `invalid`", _n(self.broken))
+                )
+        tried.append(
+            ("queued messages meeting a retryable fault on every request", _n(self.exhausting))
+        )
+        tried += [(kind.label, _n(self.faults[key])) for key, kind in CATALOGUE.items()]
+
+        share = (
+            f" ({100 * self.duplicates / self.messages:.1f} % of messages)" if self.messages else ""
+        )
+        happened = [(label, _n(self.states[key])) for key, label in STATES.items()]
+        failures = self.failures()
+        happened += [
+            (FAILURES[name], f"**{_n(len(failures[name]))}**")
+            for name in ("lost", "bad_dead_letters", "failed_though_accepted", "wrong_answers")
         ]
-        return "\n".join(f"| {name} | {value} |" for name, value in rows)
+        happened += [
+            (
+                "messages with an ambiguous send (the provider got it, its answer never arrived)",
+                f"{_n(self.ambiguous)} ({_n(self.ambiguous_sends)} requests)",
+            ),
+            (
+                "duplicate sends (requests the provider may have kept twice)",
+                _n(self.duplicates) + share,
+            ),
+            (FAILURES["unexplained_duplicates"], f"**{_n(len(self.unexplained_duplicates))}**"),
+            (FAILURES["violations"], f"**{_n(len(self.violations))}**"),
+            (FAILURES["queue_glitches"], f"**{_n(len(self.queue_glitches))}**"),
+            ("time", f"{self.seconds:.0f} s"),
+        ]
+        return "\n\n".join(
+            "\n".join(
+                [f"| {title} | count |", "| --- | --- |", *(f"| {a} | {b} |" for a, b in rows)]
+            )
+            for title, rows in (("what was tried", tried), ("what happened", happened))
+        )
+
+    def summary(self) -> str:
+        """What failed, a few examples of each."""
+        return "; ".join(
+            f"{FAILURES[name].strip('*')}: {len(items)} (e.g. {items[:3]})"
+            for name, items in self.failures().items()
+            if items
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "seed": self.seed,
+            "seconds": round(self.seconds, 1),
+            "entry": dict(self.entry),
+            "broken": self.broken,
+            "exhausting": self.exhausting,
+            "faults": {key: self.faults[key] for key in CATALOGUE},
+            "fault_labels": {key: kind.label for key, kind in CATALOGUE.items()},
+            "states": {key: self.states[key] for key in STATES},
+            "state_labels": STATES,
+            "dead_letter_kinds": dict(self.dead_letter_kinds),
+            "ambiguous_messages": self.ambiguous,
+            "ambiguous_sends": self.ambiguous_sends,
+            "duplicates": self.duplicates,
+            "failures": self.failures(),
+            "phases": {name: round(seconds, 1) for name, seconds in self.phases.items()},
+            "queue_calls": self.queue_calls,
+        }
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.as_json(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+def report_path(messages: int, seed: int, given: str | None = None) -> Path:
+    """Where the raw counts go: ``given``, else $RELIABILITY_REPORT_JSON, else the temp dir."""
+    chosen = given or os.environ.get(REPORT_ENV)
+    if chosen:
+        return Path(chosen)
+    return Path(tempfile.gettempdir()) / f"webhook-relay-reliability-{messages}-seed{seed}.json"
+
+
+# --- the run -------------------------------------------------------------------------------------
 
 
 def run(messages: int, seed: int, environments: int = 4) -> Report:
     """Push ``messages`` through the local stack under seeded faults; account for each one."""
-    rng = random.Random(seed)
     report = Report(messages, seed)
     saved = dict(os.environ)
     started = time.monotonic()
@@ -114,53 +477,145 @@ def run(messages: int, seed: int, environments: int = 4) -> Report:
         environ={},
         extra_env=SPEED,
     )
+    lap = started
+
+    def phase(name: str) -> None:
+        nonlocal lap
+        report.phases[name] = time.monotonic() - lap
+        lap = time.monotonic()
+
     try:
         stack.start()
-        _inject(stack, rng, report)
-        plan = _plan(messages, rng, report)
-        sync_answers = _send(stack, plan)
+        pollers = _OneCallAtATime.install(stack)
+        phase("start")
+        assert stack.aws_resources is not None
+        planned = plan(messages, seed, stack.aws_resources.max_receive_count)
+        for item in planned:
+            report.entry[item.entry] += 1
+            report.broken += item.broken
+            report.exhausting += item.exhausting
+        served = _inject(stack, planned, report)
+        callers = _send(stack, planned, pollers.lock)
+        phase("send")
         _wait_until_drained(stack, limit_s=300 + messages * 0.2)
-        _account(stack, plan, sync_answers, report)
+        phase("drain")
+        _account(stack, planned, served, callers, report)
+        report.queue_glitches = pollers.glitches()
+        report.queue_calls = dict(pollers.calls)
+        phase("account")
     finally:
         stack.stop()
+        phase("stop")
         os.environ.clear()
         os.environ.update(saved)
     report.seconds = time.monotonic() - started
     return report
 
 
-def _inject(stack: DevStack, rng: random.Random, report: Report) -> None:
+class _OneCallAtATime:
+    """The pollers' SQS client, its ReceiveMessage and DeleteMessageBatch calls one at a time.
+
+    moto_server answers on several threads, and its delivery queue is not thread-safe:
+    concurrent receives can hand one message to two pollers (seen here: one message id with
+    the same receive count at two pollers 20 ms apart), and concurrent deletes can bring a
+    deleted message back (each delete rebuilds the queue's message list from a copy without
+    a lock: with 2,000 messages deleted from 6 threads, every call answering success, 66 to 179
+    of them were still in flight afterwards). A resurrected message comes back after the
+    queue's 360 s visibility timeout and is handled again (parked twice, or parked and then
+    delivered), so the run fails, slowly, for a reason of moto's; SQS does neither. The
+    pollers' (and the SQS producers') calls go through one lock here, which costs little: a
+    long poll is made of short ones outside the lock. The relay's own SQS calls are not
+    covered, so the harness still checks that no message came out twice with one receive
+    count, or again after its delete.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.lock = threading.Lock()
+        self._seen: Counter[tuple[str, str]] = Counter()  # (message id, receive count)
+        self._tags: dict[str, str] = {}  # message id -> tag
+        self._handles: dict[str, str] = {}  # receipt handle -> message id
+        self._deleted: set[str] = set()  # message ids
+        self._again: list[str] = []  # message ids received after their delete
+        self.calls: Counter[str] = Counter()  # receives, empty receives, deletes
+
+    @classmethod
+    def install(cls, stack: DevStack) -> _OneCallAtATime:
+        """Give every poller the wrapped client (each takes it at its next call)."""
+        wrapped = cls(stack.pollers[0].sqs)
+        for poller in stack.pollers:
+            poller.sqs = wrapped
+        return wrapped
+
+    def receive_message(self, WaitTimeSeconds: int = 0, **kwargs: Any) -> Any:
+        """A long poll made of short ones, so no poller holds the lock while the queue is empty."""
+        until = time.monotonic() + WaitTimeSeconds
+        while True:
+            with self.lock:
+                answer = self._client.receive_message(WaitTimeSeconds=0, **kwargs)
+                self.calls["receives"] += 1
+                self.calls["empty receives"] += not answer.get("Messages")
+                for message in answer.get("Messages", []):
+                    message_id = message["MessageId"]
+                    count = message.get("Attributes", {}).get("ApproximateReceiveCount", "?")
+                    self._seen[message_id, count] += 1
+                    self._handles[message["ReceiptHandle"]] = message_id
+                    match = TAG.search(message.get("Body", ""))
+                    self._tags[message_id] = match.group() if match else "?"
+                    if message_id in self._deleted:
+                        self._again.append(message_id)
+            if answer.get("Messages") or time.monotonic() >= until:
+                return answer
+            time.sleep(0.2)  # each receive scans the whole queue in moto: not too often
+
+    def delete_message_batch(self, **kwargs: Any) -> Any:
+        with self.lock:
+            answer = self._client.delete_message_batch(**kwargs)
+            self.calls["deletes"] += 1
+            handles = {entry["Id"]: entry["ReceiptHandle"] for entry in kwargs["Entries"]}
+            for done in answer.get("Successful", []):
+                self._deleted.add(self._handles.get(handles[done["Id"]], "?"))
+        return answer
+
+    def glitches(self) -> list[str]:
+        """Messages handed out twice with one receive count, or again after their delete."""
+        twice = [
+            f"{self._tags[message_id]}: message {message_id} received {n} times as receive {count}"
+            for (message_id, count), n in self._seen.items()
+            if n > 1
+        ]
+        again = [
+            f"{self._tags[message_id]}: message {message_id} received again after its delete"
+            for message_id in self._again
+        ]
+        return twice + again
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def _inject(stack: DevStack, planned: list[Planned], report: Report) -> dict[str, list[str]]:
+    """Serve each request the fault its message's plan gives for that request's turn."""
+    by_tag = {item.tag: item for item in planned}
+    served: dict[str, list[str]] = defaultdict(list)  # tag -> catalogue keys met, in order
     lock = threading.Lock()
-    names = [name for name, _, _ in FAULTS]
-    weights = [weight for _, weight, _ in FAULTS]
-    faults = {name: fault for name, _, fault in FAULTS}
-    for provider, sandbox in stack.sandboxes.items():
 
-        def choose(provider: str = provider) -> Fault | None:
+    def choose(request: Received) -> Fault | None:
+        match = TAG.search(request.body.decode("utf-8", "replace"))
+        item = by_tag.get(match.group()) if match else None
+        if item is None:
             with lock:
-                name = rng.choices(names, weights)[0]
-                report.faults[name] += 1
-            return PERMANENT[provider] if name == "permanent 4xx" else faults[name]
+                report.faults["ok"] += 1
+            return None
+        with lock:  # a message's requests come one after another; the lock orders any overlap
+            key, fault = item.fault(len(served[item.tag]))
+            served[item.tag].append(key)
+            report.faults[key] += 1
+        return fault
 
+    for sandbox in stack.sandboxes.values():
         sandbox.set_chooser(choose)
-
-
-def _plan(messages: int, rng: random.Random, report: Report) -> list[dict[str, Any]]:
-    plan = []
-    for i in range(messages):
-        tag = f"rel-{i:07d}"
-        entry = rng.choices(["sqs", "http async", "http sync"], [40, 30, 30])[0]
-        provider = rng.choice(["lancepilot", "fluents"])
-        body: dict[str, Any] = {
-            "provider": provider,
-            "to": "+14155550123",
-            "text": f"Order {tag} has shipped",
-        }
-        if entry == "sqs" and rng.random() < 0.02:
-            body.pop("to")  # a producer's broken message: must be parked as invalid
-        report.entry[entry] += 1
-        plan.append({"tag": tag, "entry": entry, "body": body})
-    return plan
+    return served
 
 
 class _Backlog:
@@ -192,34 +647,42 @@ class _Backlog:
             time.sleep(0.25)
 
 
-def _send(stack: DevStack, plan: list[dict[str, Any]]) -> dict[str, int]:
+@dataclass(frozen=True)
+class Answer:
+    """The webhook's final answer to a caller, after the caller's own retries."""
+
+    status: int
+    body: Any  # parsed JSON, or None
+    tries: int
+
+
+def _send(stack: DevStack, planned: list[Planned], queue_lock: threading.Lock) -> dict[str, Answer]:
     backlog = _Backlog(stack)
     queue_url = stack.env["DELIVERY_QUEUE_URL"]
 
-    def produce(batch: list[dict[str, Any]]) -> None:
+    def produce(batch: list[Planned]) -> None:
         sqs = boto3.client("sqs")
         for start in range(0, len(batch), 10):
             backlog.wait_for_room()
-            sqs.send_message_batch(
-                QueueUrl=queue_url,
-                Entries=[
-                    {"Id": str(n), "MessageBody": json.dumps(p["body"])}
-                    for n, p in enumerate(batch[start : start + 10])
-                ],
-            )
+            entries = [
+                {"Id": str(n), "MessageBody": json.dumps(p.body)}
+                for n, p in enumerate(batch[start : start + 10])
+            ]
+            with queue_lock:  # not while a poller deletes: see _OneCallAtATime
+                sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
 
-    producer = threading.Thread(target=produce, args=([p for p in plan if p["entry"] == "sqs"],))
+    producer = threading.Thread(target=produce, args=([p for p in planned if p.entry == "sqs"],))
     producer.start()
     http = urllib3.PoolManager(maxsize=16, retries=False, timeout=30)
-    answers: dict[str, int] = {}
+    answers: dict[str, Answer] = {}
 
-    def post(item: dict[str, Any]) -> None:
+    def post(item: Planned) -> None:
         headers = {
             "Authorization": f"Bearer {DEV_API_KEY}",
             "Content-Type": "application/json",
-            "Idempotency-Key": item["tag"],
+            "Idempotency-Key": item.tag,
         }
-        if item["entry"] == "http async":
+        if item.entry == "http async":
             headers["Prefer"] = "respond-async"
             backlog.wait_for_room()
         # A well-behaved client: the same key again after 503, 504 or 409, until final.
@@ -227,16 +690,20 @@ def _send(stack: DevStack, plan: list[dict[str, Any]]) -> dict[str, int]:
             answer = http.request(
                 "POST",
                 f"{stack.url}/v1/messages",
-                body=json.dumps(item["body"]).encode(),
+                body=json.dumps(item.body).encode(),
                 headers=headers,
             )
             if answer.status not in (409, 503, 504):
                 break
             time.sleep(0.05 * (attempt + 1))
-        answers[item["tag"]] = answer.status
+        try:
+            parsed = json.loads(answer.data)
+        except ValueError:
+            parsed = None
+        answers[item.tag] = Answer(answer.status, parsed, attempt + 1)
 
     with ThreadPoolExecutor(max_workers=12) as pool:
-        list(pool.map(post, [p for p in plan if p["entry"] != "sqs"]))
+        list(pool.map(post, [p for p in planned if p.entry != "sqs"]))
     producer.join()
     return answers
 
@@ -259,59 +726,245 @@ def _wait_until_drained(stack: DevStack, limit_s: float) -> None:
     raise TimeoutError("the delivery queue did not drain")
 
 
-def _account(
-    stack: DevStack, plan: list[dict[str, Any]], sync_answers: dict[str, int], report: Report
-) -> None:
-    """Put each message in its end state, strictly.
+# --- the accounting ------------------------------------------------------------------------------
 
-    - delivered: the provider answered 2xx at least once (a request it received but never
-      answered does not count as a delivery);
-    - a duplicate is any further request the provider may have kept; it is explained only if it
-      came before the first 2xx and followed a request that got no answer (ambiguous); anything
-      arriving after a 2xx is unexplained;
-    - dead-lettered: exactly one dead letter, and no 2xx for it;
-    - refused: a synchronous caller's final 502, after the provider refused it with a 4xx;
-    - anything else (including a caller left with 503/504/409) is lost.
+
+@dataclass
+class Trace:
+    """Everything seen of one message."""
+
+    answers: list[int | None] = field(default_factory=list)  # provider's, in order; None = none
+    served: list[str] = field(default_factory=list)  # catalogue keys met, resets before read too
+    parked: list[dict[str, str]] = field(default_factory=list)  # its dead letters' attributes
+    caller: Answer | None = None  # the webhook's final answer (webhook entries only)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    state: str | None  # a STATES key, None when the message is in no (or no valid) end state
+    failures: tuple[tuple[str, str], ...] = ()  # (FAILURES key, what is wrong)
+    duplicates: int = 0
+    ambiguous: bool = False
+    ambiguous_sends: int = 0
+
+
+def _accepted(status: int | None) -> bool:
+    return status is not None and 200 <= status < 300
+
+
+def _refusal(status: int | None) -> bool:
+    """A final 4xx (the relay retries 408 and 429)."""
+    return status is not None and 400 <= status < 500 and status not in (408, 429)
+
+
+def judge(item: Planned, trace: Trace) -> Verdict:
+    """Put one message in its end state, strictly; see docs/reliability.md, "How the run is judged".
+
+    - delivered: the provider's 2xx answer arrived at least once (a request it received but
+      never answered does not count);
+    - a duplicate is any further request the provider may have kept (answered 2xx, or not
+      answered at all); it is explained only if no 2xx came before it;
+    - dead-lettered: exactly one dead letter, no 2xx, and a reason (ErrorKind, ErrorMessage,
+      ErrorStatus where the provider answered with a status) that matches the faults met;
+    - refused: a synchronous caller's final 502 after the provider's 4xx (or a final 5xx after
+      an ambiguous send); never after a 2xx arrived;
+    - parked or refused after an ambiguous send: possibly delivered, counted apart;
+    - anything else (including a caller left with 503, 504 or 409 without cause) is lost.
     """
-    arrived: dict[str, list[int | None]] = defaultdict(list)  # tag -> answers, in order
+    tag, answers = item.tag, trace.answers
+    failures: list[tuple[str, str]] = []
+    first_ok = next((i for i, a in enumerate(answers) if _accepted(a)), None)
+    before_ok = answers if first_ok is None else answers[:first_ok]
+    ambiguous = any(a is None for a in before_ok)
+    kept = [a for a in answers if a is None or _accepted(a)]
+    duplicates = max(0, len(kept) - 1)
+    if first_ok is not None and any(a is None or _accepted(a) for a in answers[first_ok + 1 :]):
+        failures.append(("unexplained_duplicates", f"{tag}: sent again after its 2xx: {answers}"))
+    caller = trace.caller
+    where = f"{tag} ({item.entry}, {item.provider}; met {trace.served}, answers {answers})"
+
+    def verdict(state: str | None) -> Verdict:
+        return Verdict(state, tuple(failures), duplicates, ambiguous, before_ok.count(None))
+
+    if item.entry == "http async" and (caller is None or caller.status != 202):
+        status = caller and caller.status
+        failures.append(("lost", f"{where}: the webhook answered {status}, not 202 (queued)"))
+        return verdict(None)
+    if item.entry == "sqs" and caller is not None:
+        failures.append(("wrong_answers", f"{where}: an SQS message has a webhook answer"))
+
+    if trace.parked:
+        if item.entry == "http sync":
+            failures.append(("bad_dead_letters", f"{where}: a synchronous message was parked"))
+        if len(trace.parked) > 1:
+            reasons = [
+                {k: v for k, v in letter.items() if k.startswith("Error")}
+                for letter in trace.parked
+            ]
+            failures.append(
+                ("bad_dead_letters", f"{where}: parked {len(trace.parked)} times: {reasons}")
+            )
+        letter = trace.parked[0]
+        kind = letter.get("ErrorKind")
+        if first_ok is not None:
+            failures.append(
+                ("failed_though_accepted", f"{where}: parked as {kind} after the provider's 2xx")
+            )
+            return verdict(None)
+        problems = _reason_problems(item, trace, letter)
+        failures += [("bad_dead_letters", f"{where}: {problem}") for problem in problems]
+        if problems or len(trace.parked) > 1:
+            return verdict(None)
+        return verdict(f"ambiguous parked {kind}" if ambiguous else f"parked {kind}")
+
+    if item.broken:
+        failures.append(("lost", f"{where}: a broken message was not dead-lettered as invalid"))
+        return verdict(None)
+    if item.exhausting:
+        failures.append(("lost", f"{where}: meant to be exhausted, but not dead-lettered"))
+        return verdict(None)
+
+    if item.entry == "http sync" and caller is not None and caller.status >= 300:
+        if first_ok is not None:
+            failures.append(
+                (
+                    "failed_though_accepted",
+                    f"{where}: the caller got {caller.status} after the provider's 2xx",
+                )
+            )
+            return verdict(None)
+        body = caller.body if isinstance(caller.body, dict) else {}
+        refused = (
+            caller.status == 502
+            and bool(answers)
+            and _refusal(answers[-1])
+            and body.get("provider_status") == answers[-1]
+        )
+        if refused:
+            return verdict("ambiguous refused" if ambiguous else "refused")
+        if ambiguous and caller.status in (503, 504):
+            return verdict("ambiguous refused")  # the caller gave up; the outcome is unknown
+        failures.append(("lost", f"{where}: the caller was left with {caller.status} {body}"))
+        return verdict(None)
+
+    if first_ok is not None:
+        if item.entry == "http sync" and (
+            caller is None
+            or caller.status != 201
+            or not isinstance(caller.body, dict)
+            or caller.body.get("provider_status") != answers[first_ok]
+            # docs/providers.md: a success body is passed on only when it is a JSON object
+            or ("provider_response" in caller.body) != _json_object(item, trace, first_ok)
+        ):
+            failures.append(("wrong_answers", f"{where}: delivered, but the caller got {caller}"))
+        return verdict("delivered once" if len(kept) == 1 else "delivered again")
+
+    if item.entry == "http sync" and caller is not None and caller.status == 201:
+        failures.append(("wrong_answers", f"{where}: the caller was told 201, no 2xx was sent"))
+    failures.append(("lost", f"{where}: no 2xx, no dead letter, caller {caller}"))
+    return verdict(None)
+
+
+def _json_object(item: Planned, trace: Trace, answer: int) -> bool:
+    """Whether the body of the provider's ``answer``-th recorded answer was a JSON object."""
+    # A request reset before it was read is not recorded: skip those turns of the plan.
+    turns = [n for n, key in enumerate(trace.served) if key != "reset before read"]
+    fault = item.fault(turns[answer])[1] if answer < len(turns) else None
+    if fault is None or fault.kind not in ("status", "garbage"):
+        return (
+            item.provider == "lancepilot"
+        )  # the normal 201: Lancepilot's has a body, Fluents' not
+    try:
+        return isinstance(json.loads(fault.body), dict)
+    except ValueError:
+        return False
+
+
+def _reason_problems(item: Planned, trace: Trace, letter: dict[str, str]) -> list[str]:
+    """What is wrong with a dead letter's reason, given the faults its message met."""
+    kind, detail, status = (letter.get(k) for k in ("ErrorKind", "ErrorMessage", "ErrorStatus"))
+    if kind is None:
+        return [
+            "dead letter without ErrorKind (no reason: moved by the queue's redrive policy?); "
+            f"attributes {sorted(letter)}"
+        ]
+    problems = [] if detail else [f"{kind} dead letter without ErrorMessage"]
+    relay_id = letter.get("RelayId")
+    if not relay_id:
+        problems.append(f"{kind} dead letter without RelayId")
+    if item.entry == "http async":  # the ids the webhook gave it: a redrive must recognise it
+        given = trace.caller.body if trace.caller and isinstance(trace.caller.body, dict) else {}
+        if relay_id != given.get("id") or letter.get("IdempotencyKey") != item.tag:
+            problems.append(
+                f"RelayId {relay_id} / IdempotencyKey {letter.get('IdempotencyKey')}, but the "
+                f"webhook queued it as {given.get('id')} with the key {item.tag}"
+            )
+    answers, served = trace.answers, trace.served
+    if kind == "invalid":
+        if not item.broken:
+            problems.append("parked as invalid, but the message was valid")
+        if answers or served:
+            problems.append("parked as invalid after reaching the provider")
+        if status is not None:
+            problems.append(f"invalid with ErrorStatus {status}")
+    elif kind == "permanent":
+        if not answers or not _refusal(answers[-1]):
+            problems.append("parked as permanent, but the provider's last answer was no refusal")
+        elif status != str(answers[-1]):
+            problems.append(f"ErrorStatus {status}, but the provider refused with {answers[-1]}")
+    elif kind == "exhausted":
+        final = [a for a in answers if a is not None and not 500 <= a < 600 and a not in (408, 429)]
+        unexpected = [
+            key for key in served if CATALOGUE[key].effect not in ("retryable", "ambiguous")
+        ]
+        if item.broken or final or unexpected or not served:
+            problems.append("parked as exhausted, but not every fault met was retryable")
+        # The relay reports the status of its last attempt, when that attempt got one.
+        expected = str(answers[-1]) if served and CATALOGUE[served[-1]].status else None
+        if status != expected:
+            problems.append(f"ErrorStatus {status}, but the last answer was {expected}")
+    else:
+        problems.append(f"unknown ErrorKind {kind!r}")
+    return problems
+
+
+def _account(
+    stack: DevStack,
+    planned: list[Planned],
+    served: dict[str, list[str]],
+    callers: dict[str, Answer],
+    report: Report,
+) -> None:
+    traces: dict[str, Trace] = defaultdict(Trace)
     for sandbox in stack.sandboxes.values():
         report.violations += sandbox.violations()
         for received in sorted(sandbox.received, key=lambda r: r.at):
-            match = TAG.search(json.dumps(received.json))
+            match = TAG.search(received.body.decode("utf-8", "replace"))
             if match:
-                arrived[match.group()].append(received.answered)
-    parked = _dead_letters(stack)
-    for item in plan:
-        tag = item["tag"]
-        answers = arrived.get(tag, [])
-        first_ok = next((i for i, a in enumerate(answers) if a is not None and a < 300), None)
-        kept = [a for a in answers if a is None or a < 300]  # what the provider may have kept
-        if len(kept) > 1:
-            report.duplicates += len(kept) - 1
-            after_ok = answers[first_ok + 1 :] if first_ok is not None else []
-            if any(a is None or a < 300 for a in after_ok):
-                report.unexplained_duplicates.append(tag)
-        kinds = parked.get(tag, [])
-        if len(kinds) > 1 or (kinds and first_ok is not None):
-            report.lost.append(tag)  # parked twice, or parked although delivered: both wrong
-        elif kinds:
-            report.states["dead-lettered with its reason"] += 1
-            report.dead_letter_kinds[kinds[0]] += 1
-        elif first_ok is not None:
-            once = len(kept) == 1
-            report.states["delivered once" if once else "delivered, plus ambiguous resends"] += 1
-        elif sync_answers.get(tag) == 502 and any(
-            a is not None and 400 <= a < 500 for a in answers
-        ):
-            report.states["refused to the caller with the provider's reason"] += 1
-            report.refused[str(sync_answers[tag])] += 1
-        else:
-            report.lost.append(tag)
+                traces[match.group()].answers.append(received.answered)
+    for tag, keys in served.items():
+        traces[tag].served = keys
+    for tag, answer in callers.items():
+        traces[tag].caller = answer
+    for tag, letter in _dead_letters(stack, report):
+        traces[tag].parked.append(letter)
+    for item in planned:
+        verdict = judge(item, traces[item.tag])
+        if verdict.state is not None:
+            report.states[verdict.state] += 1
+            if "parked" in verdict.state:
+                report.dead_letter_kinds[verdict.state.rsplit(" ", 1)[1]] += 1
+        report.ambiguous += verdict.ambiguous
+        report.ambiguous_sends += verdict.ambiguous_sends
+        report.duplicates += verdict.duplicates
+        for name, text in verdict.failures:
+            getattr(report, name).append(text)
 
 
-def _dead_letters(stack: DevStack) -> dict[str, list[str]]:
+def _dead_letters(stack: DevStack, report: Report) -> list[tuple[str, dict[str, str]]]:
+    """Every dead letter's tag and attributes (name -> value); those without a tag are failures."""
     sqs = boto3.client("sqs")
-    found: dict[str, list[str]] = defaultdict(list)
+    found: list[tuple[str, dict[str, str]]] = []
     while batch := sqs.receive_message(
         QueueUrl=stack.env["DEAD_LETTER_QUEUE_URL"],
         MaxNumberOfMessages=10,
@@ -319,10 +972,15 @@ def _dead_letters(stack: DevStack) -> dict[str, list[str]]:
         VisibilityTimeout=600,
     ).get("Messages", []):
         for message in batch:
+            attributes = {
+                name: value.get("StringValue", "")
+                for name, value in message.get("MessageAttributes", {}).items()
+            }
             match = TAG.search(message["Body"])
-            kind = message["MessageAttributes"]["ErrorKind"]["StringValue"]
             if match:
-                found[match.group()].append(kind)
+                found.append((match.group(), attributes))
+            else:
+                report.bad_dead_letters.append(f"a dead letter for no known message: {attributes}")
     return found
 
 
@@ -333,14 +991,19 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--environments", type=int, default=4)
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help=f"where to write the raw counts (default ${REPORT_ENV} or a temp file)",
+    )
     args = parser.parse_args()
     report = run(args.messages, args.seed, args.environments)
-    print("| what | count |\n| --- | --- |\n" + report.table())
-    if report.lost or report.unexplained_duplicates or report.violations:
-        raise SystemExit(
-            f"FAILED: lost {report.lost[:10]}, "
-            f"unexplained duplicates {report.unexplained_duplicates[:10]}"
-        )
+    print(f"Run of {args.messages:,} messages, seed {args.seed}:\n")
+    print(report.table())
+    saved = report.save(report_path(args.messages, args.seed, args.json))
+    print(f"\nraw counts: {saved}")
+    if report.failed():
+        raise SystemExit(f"FAILED: {report.summary()}")
 
 
 if __name__ == "__main__":
