@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
+from relay_local.esm import EventSourceMapping
 from relay_local.lambda_runtime import load_function
 from relay_local.sandbox import Fault
 from tests.conftest import Webhook, bearer, fluents_message, lancepilot_message
@@ -275,3 +276,39 @@ def test_a_sync_repeat_after_the_queued_message_went_out_still_gets_202(
 
     assert (again.status, again.json) == (202, first.json)
     assert len(lancepilot.accepted()) == 1
+
+
+def test_a_keyed_queued_message_goes_out_though_a_default_changed_before_delivery(
+    relay_env, monkeypatch, aws, lancepilot
+):
+    # The webhook's record holds the message with the defaults of the moment it was queued.
+    monkeypatch.setenv("LANCEPILOT_WORKSPACE_ID", "0b8a7b1e-2a5c-4f3e-9a8e-1c2d3e4f5a6b")
+    webhook = Webhook(load_function("webhook"))
+    body = lancepilot_message(idempotency_key="k-default-moved")
+    del body["workspace"]
+    assert webhook.post(body, headers=ASYNC).status == 202
+
+    monkeypatch.setenv("LANCEPILOT_WORKSPACE_ID", "5f1c2d3e-4a5b-4c6d-8e7f-9a0b1c2d3e4f")
+    handler = load_function("delivery").lambda_handler
+    EventSourceMapping(aws.sqs, aws.queue_url, handler, wait_seconds=0, timeout_s=30).drain()
+
+    [sent] = lancepilot.accepted()
+    assert "5f1c2d3e-4a5b-4c6d-8e7f-9a0b1c2d3e4f" in sent.path  # sent, with today's default
+    assert queued(aws) == []
+
+
+def test_a_caller_key_equal_to_a_relay_id_cannot_take_a_queued_message_s_send(
+    webhook, delivery, aws, lancepilot
+):
+    first = webhook.post(lancepilot_message(idempotency_key="k-mine"), headers=ASYNC)
+    # Another caller sends a different message under the relay id the 202 gave away.
+    webhook.post(
+        lancepilot_message(text="not yours"),
+        headers={**bearer(), "idempotency-key": first.json["id"]},
+    )
+
+    delivery.drain()
+
+    texts = sorted(sent.json["text"]["body"] for sent in lancepilot.accepted())
+    assert texts == ["Your order 1042 has shipped.", "not yours"]
+    assert queued(aws) == []

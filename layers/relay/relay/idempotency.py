@@ -4,7 +4,8 @@ A record is kept only for work that succeeded (a delivery, an enqueue); any fail
 so a caller or a redrive can try again. Keys are the caller's (``idempotency_key``, the
 ``Idempotency-Key`` header, ``webhook-id``) or the relay's (``RelayId``, the SQS message id).
 An HTTP request keeps one record, whichever way it went: a delivery, or ``{"status": "queued"}``
-for a message the webhook queued, which the delivery function then sends under its relay id.
+for a message the webhook queued, which the delivery function then sends under the key
+``{"relay_id": ...}``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ F = TypeVar("F", bound="Callable[..., dict[str, Any]]")
 DELIVER = "webhook-relay#deliver"
 REPLAYED = "replayed"
 QUEUED = "queued"  # the status of a record the webhook kept for a message it queued
+# The attribute the webhook sets on what it queues; kept through dead-lettering and redrives.
+QUEUED_BY = "QueuedBy"
 
 
 class InProgress(RelayError):
@@ -115,7 +118,7 @@ def _refusal(error: Exception) -> RelayError:
     return InProgress("a message with this idempotency key is being sent")
 
 
-def request_for(key: str, message: Message) -> dict[str, Any]:
+def request_for(key: str | dict[str, str], message: Message) -> dict[str, Any]:
     """The idempotent payload: the key, and the message as sent (defaults applied)."""
     return {
         "key": key,

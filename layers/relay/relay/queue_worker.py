@@ -20,7 +20,7 @@ from relay.errors import (
     ProviderUnavailable,
     RelayError,
 )
-from relay.idempotency import QUEUED, REPLAYED, request_for
+from relay.idempotency import QUEUED_BY, REPLAYED, request_for
 from relay.intake import load_json
 from relay.message import parse_message
 from relay.observability import logger, outcomes
@@ -140,26 +140,21 @@ class QueueWorker:
         if isinstance(message, RelayError):
             return self._park(queued, None, "invalid", None, _describe(message), relay_id)
         key = message.idempotency_key or queued.attribute("IdempotencyKey") or relay_id
+        record_key: str | dict[str, str] = key
+        if queued.attribute(QUEUED_BY) == "webhook":
+            # The webhook kept the caller's key when it queued this message; its send is kept
+            # under the relay id, as an object so that no caller's key (a string) can be the
+            # same, and with this message's payload (its defaults may have changed since).
+            record_key = {"relay_id": relay_id}
         if deadline is None:
             return self._retry_or_park(queued, message, OutOfTime(), relay_id, key)
         try:
             result = self._deliver_once(
-                request=request_for(key, message),
+                request=request_for(record_key, message),
                 message=message,
                 relay_id=relay_id,
                 deadline=deadline,
             )
-            if result.get(REPLAYED) and result.get("status") == QUEUED:
-                if result.get("id") != relay_id:
-                    return "duplicate"  # the webhook accepted this key for another message
-                # The webhook's record of queueing this very message: send it once, keyed by
-                # its relay id (a redelivery or a redrive finds that record and stops there).
-                result = self._deliver_once(
-                    request=request_for(relay_id, message),
-                    message=message,
-                    relay_id=relay_id,
-                    deadline=deadline,
-                )
         except InvalidMessage as error:  # the key was used before for another message
             return self._park(queued, message, "invalid", None, _describe(error), relay_id, key)
         except ProviderRejected as error:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from relay.delivery import Delivery
-from relay.idempotency import QUEUED, REPLAYED, request_for
+from relay.idempotency import QUEUED, QUEUED_BY, REPLAYED, request_for
 from relay.ids import new_relay_id
 from relay.observability import logger
 from relay.phone import mask
@@ -81,7 +81,7 @@ class MessageService:
     def _enqueue(
         self, message: Message, body: bytes, relay_id: str, key: str | None
     ) -> dict[str, Any]:
-        attributes = {"RelayId": relay_id}
+        attributes = {"RelayId": relay_id, QUEUED_BY: "webhook"}
         if key is not None:
             attributes["IdempotencyKey"] = key
         message_id = self._queues.enqueue(body.decode("utf-8"), attributes)
