@@ -89,6 +89,14 @@ CALLGRIND = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
 COLLECTED = re.compile(r"Collected : (\d+)")
 
 
+def instructions_counted(name: str, result: Mapping[str, Any]) -> int:
+    """The instruction count callgrind reported for a run_child(wrapper=CALLGRIND) result."""
+    found = COLLECTED.search(result["wrapper_stderr"])
+    if found is None:
+        raise RuntimeError(f"{name}: no count from callgrind: {result['wrapper_stderr']}")
+    return int(found.group(1))
+
+
 class BenchStack:
     """moto_server (own process), two provider sandboxes (threads here), the stack's resources.
 

@@ -32,13 +32,13 @@ from typing import Any
 
 from benchmarks._stack import (
     CALLGRIND,
-    COLLECTED,
     HANDLERS,
     PYTHON,
     TIMEOUTS,
     BenchStack,
     http_event,
     import_statements,
+    instructions_counted,
     markdown_table,
     message,
     run_child,
@@ -131,10 +131,7 @@ def instructions(stack: BenchStack, rounds: int, delivery_batch: int) -> dict[st
                 wrapper=CALLGRIND,
             )
             check(name, result["answers"])
-            found = COLLECTED.search(result["wrapper_stderr"])
-            if found is None:
-                raise RuntimeError(f"{name}: no count from callgrind: {result['wrapper_stderr']}")
-            counts[name].append(int(found.group(1)))
+            counts[name].append(instructions_counted(name, result))
     return counts
 
 

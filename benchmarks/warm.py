@@ -30,11 +30,11 @@ from typing import Any
 
 from benchmarks._stack import (
     CALLGRIND,
-    COLLECTED,
     HANDLERS,
     TIMEOUTS,
     BenchStack,
     http_event,
+    instructions_counted,
     markdown_table,
     message,
     run_child,
@@ -126,10 +126,7 @@ def instructions_per_message(stack: BenchStack, few: int, many: int) -> dict[str
                 limit_s=900.0,
             )
             check(name, result["answers"], len(batch))
-            found = COLLECTED.search(result["wrapper_stderr"])
-            if found is None:
-                raise RuntimeError(f"{name}: no count from callgrind: {result['wrapper_stderr']}")
-            counts.append(int(found.group(1)))
+            counts.append(instructions_counted(name, result))
         per_message[name] = (counts[1] - counts[0]) / (many - few)
     return per_message
 

@@ -480,6 +480,18 @@ def interrupt() -> None:
     raise KeyboardInterrupt
 
 
+def ctrl_c_on_call(number: int):
+    """A botocore event handler that raises KeyboardInterrupt on its ``number``-th call."""
+    calls = []
+
+    def handler(**_):
+        calls.append(1)
+        if len(calls) == number:
+            raise KeyboardInterrupt
+
+    return handler
+
+
 def delivered(queues) -> list[str]:
     """The relay ids on the delivery queue (taking them off)."""
     return sorted(strings(m)["RelayId"] for m in take_all(queues, queues.queue_url))
@@ -492,14 +504,7 @@ def test_an_interrupted_redrive_resumes_and_sends_each_message_once(
     # Killed as the third batch is about to be sent: 20 moved, 10 received and held, 5 unread.
     on_send(on_call, "before", 3, interrupt)
     if again:  # and Ctrl-C once more in the middle of making the held messages visible
-        releases = []
-
-        def release(**_):
-            releases.append(1)
-            if len(releases) == 1:
-                raise KeyboardInterrupt
-
-        on_call("after-call.sqs.ChangeMessageVisibilityBatch", release)
+        on_call("after-call.sqs.ChangeMessageVisibilityBatch", ctrl_c_on_call(1))
 
     code, out, err = relay("redrive", "--kind", "exhausted", "--yes", "--quiet")
 
@@ -522,14 +527,7 @@ def test_a_receive_cut_short_says_how_long_its_messages_stay_hidden(
 ):
     # Interrupted after SQS answered the second receive, before the tool kept the handles.
     monkeypatch.setattr(dlq, "HOLD_SECONDS", 1)
-    receives = []
-
-    def cut(**_):
-        receives.append(1)
-        if len(receives) == 2:
-            raise KeyboardInterrupt
-
-    on_call("after-call.sqs.ReceiveMessage", cut)
+    on_call("after-call.sqs.ReceiveMessage", ctrl_c_on_call(2))
 
     code, out, err = relay("redrive", "--kind", "exhausted", "--yes", "--quiet")
 
@@ -755,13 +753,8 @@ def test_a_move_task_over_before_the_first_reading_is_found_and_what_is_left_rep
 
 
 def test_an_interrupted_follow_is_resumed_without_a_second_task(relay_aws, sqs_stub):
-    readings = []
-
-    def ctrl_c(**_):
-        readings.append(1)
-        if len(readings) == 3:  # the second reading of the task
-            raise KeyboardInterrupt
-
+    # The third reading of the tasks: the second of the one it started.
+    ctrl_c = ctrl_c_on_call(3)
     sqs_stub.client.meta.events.register("after-call.sqs.ListMessageMoveTasks", ctrl_c)
     expect_arns(sqs_stub)
     expect_tasks(sqs_stub)

@@ -93,6 +93,14 @@ def drain(sqs, url: str) -> list[dict]:
     return found
 
 
+# Each example runs the delivery handler against moto and the sandboxes: few, and slow.
+BATCHES = settings(
+    max_examples=examples(30),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
 @given(
     batch=st.lists(
         st.tuples(
@@ -104,11 +112,7 @@ def drain(sqs, url: str) -> list[dict]:
         max_size=3,
     )
 )
-@settings(
-    max_examples=examples(30),
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@BATCHES
 def test_any_batch_is_answered_and_invalid_bodies_are_parked_without_a_send(
     delivery, aws, lancepilot, fluents, batch
 ):
@@ -185,11 +189,7 @@ TAG = re.compile(r"(?:ok|bad)-[0-9a-f]{32}")
 
 
 @given(batch=mixed_batches())
-@settings(
-    max_examples=examples(30),
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@BATCHES
 def test_in_a_mixed_batch_only_the_valid_messages_reach_a_provider_each_once(
     delivery, aws, lancepilot, fluents, batch
 ):
