@@ -140,10 +140,13 @@ class DevStack:
 
 
 def start_moto_server(host: str, port: int = 0) -> tuple[subprocess.Popen[bytes], int]:
-    """moto_server in a process of its own, listening; and its port (``0``: a free one)."""
+    """moto_server in a process of its own, listening; and its port (``0``: a free one).
+
+    relay_local.moto_server: moto's server with its SQS and DynamoDB calls made thread-safe.
+    """
     port = port or _free_port(host)
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+        [sys.executable, "-m", "relay_local.moto_server", "-H", host, "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -359,7 +359,7 @@ class Report:
     wrong_answers: list[str] = field(default_factory=list)
     unexplained_duplicates: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)  # requests that broke a provider spec
-    queue_glitches: list[str] = field(default_factory=list)  # moto's, see _OneCallAtATime
+    queue_glitches: list[str] = field(default_factory=list)  # moto's, see _QueueWatch
     queue_calls: dict[str, int] = field(default_factory=dict)  # the pollers' SQS calls
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds each: start, send, ...
@@ -486,7 +486,7 @@ def run(messages: int, seed: int, environments: int = 4) -> Report:
 
     try:
         stack.start()
-        pollers = _OneCallAtATime.install(stack)
+        pollers = _QueueWatch.install(stack)
         phase("start")
         assert stack.aws_resources is not None
         planned = plan(messages, seed, stack.aws_resources.max_receive_count)
@@ -495,7 +495,7 @@ def run(messages: int, seed: int, environments: int = 4) -> Report:
             report.broken += item.broken
             report.exhausting += item.exhausting
         served = _inject(stack, planned, report)
-        callers = _send(stack, planned, pollers.lock)
+        callers = _send(stack, planned)
         phase("send")
         _wait_until_drained(stack, limit_s=300 + messages * 0.2)
         phase("drain")
@@ -512,26 +512,19 @@ def run(messages: int, seed: int, environments: int = 4) -> Report:
     return report
 
 
-class _OneCallAtATime:
-    """The pollers' SQS client, its ReceiveMessage and DeleteMessageBatch calls one at a time.
+class _QueueWatch:
+    """The pollers' SQS client, noting what each receive hands out and each delete removes.
 
-    moto_server answers on several threads, and its delivery queue is not thread-safe:
-    concurrent receives can hand one message to two pollers (seen here: one message id with
-    the same receive count at two pollers 20 ms apart), and concurrent deletes can bring a
-    deleted message back (each delete rebuilds the queue's message list from a copy without
-    a lock: with 2,000 messages deleted from 6 threads, every call answering success, 66 to 179
-    of them were still in flight afterwards). A resurrected message comes back after the
-    queue's 360 s visibility timeout and is handled again (parked twice, or parked and then
-    delivered), so the run fails, slowly, for a reason of moto's; SQS does neither. The
-    pollers' (and the SQS producers') calls go through one lock here, which costs little: a
-    long poll is made of short ones outside the lock. The relay's own SQS calls are not
-    covered, so the harness still checks that no message came out twice with one receive
-    count, or again after its delete.
+    moto's own queues are not thread-safe: concurrent receives can hand one message to two
+    pollers, and concurrent deletes can bring a deleted message back, which then returns after
+    the queue's 360 s visibility timeout and is handled again. The stack's moto_server
+    (relay_local.moto_server) takes a lock around those calls; this watch fails the run if a
+    message still comes out twice with one receive count, or again after its delete.
     """
 
     def __init__(self, client: Any) -> None:
         self._client = client
-        self.lock = threading.Lock()
+        self._lock = threading.Lock()  # the bookkeeping only, never around an SQS call
         self._seen: Counter[tuple[str, str]] = Counter()  # (message id, receive count)
         self._tags: dict[str, str] = {}  # message id -> tag
         self._handles: dict[str, str] = {}  # receipt handle -> message id
@@ -540,39 +533,34 @@ class _OneCallAtATime:
         self.calls: Counter[str] = Counter()  # receives, empty receives, deletes
 
     @classmethod
-    def install(cls, stack: DevStack) -> _OneCallAtATime:
-        """Give every poller the wrapped client (each takes it at its next call)."""
-        wrapped = cls(stack.pollers[0].sqs)
+    def install(cls, stack: DevStack) -> _QueueWatch:
+        """Give every poller the watched client (each takes it at its next call)."""
+        watched = cls(stack.pollers[0].sqs)
         for poller in stack.pollers:
-            poller.sqs = wrapped
-        return wrapped
+            poller.sqs = watched
+        return watched
 
-    def receive_message(self, WaitTimeSeconds: int = 0, **kwargs: Any) -> Any:
-        """A long poll made of short ones, so no poller holds the lock while the queue is empty."""
-        until = time.monotonic() + WaitTimeSeconds
-        while True:
-            with self.lock:
-                answer = self._client.receive_message(WaitTimeSeconds=0, **kwargs)
-                self.calls["receives"] += 1
-                self.calls["empty receives"] += not answer.get("Messages")
-                for message in answer.get("Messages", []):
-                    message_id = message["MessageId"]
-                    count = message.get("Attributes", {}).get("ApproximateReceiveCount", "?")
-                    self._seen[message_id, count] += 1
-                    self._handles[message["ReceiptHandle"]] = message_id
-                    match = TAG.search(message.get("Body", ""))
-                    self._tags[message_id] = match.group() if match else "?"
-                    if message_id in self._deleted:
-                        self._again.append(message_id)
-            if answer.get("Messages") or time.monotonic() >= until:
-                return answer
-            time.sleep(0.2)  # each receive scans the whole queue in moto: not too often
+    def receive_message(self, **kwargs: Any) -> Any:
+        answer = self._client.receive_message(**kwargs)
+        with self._lock:
+            self.calls["receives"] += 1
+            self.calls["empty receives"] += not answer.get("Messages")
+            for message in answer.get("Messages", []):
+                message_id = message["MessageId"]
+                count = message.get("Attributes", {}).get("ApproximateReceiveCount", "?")
+                self._seen[message_id, count] += 1
+                self._handles[message["ReceiptHandle"]] = message_id
+                match = TAG.search(message.get("Body", ""))
+                self._tags[message_id] = match.group() if match else "?"
+                if message_id in self._deleted:
+                    self._again.append(message_id)
+        return answer
 
     def delete_message_batch(self, **kwargs: Any) -> Any:
-        with self.lock:
-            answer = self._client.delete_message_batch(**kwargs)
+        answer = self._client.delete_message_batch(**kwargs)
+        handles = {entry["Id"]: entry["ReceiptHandle"] for entry in kwargs["Entries"]}
+        with self._lock:
             self.calls["deletes"] += 1
-            handles = {entry["Id"]: entry["ReceiptHandle"] for entry in kwargs["Entries"]}
             for done in answer.get("Successful", []):
                 self._deleted.add(self._handles.get(handles[done["Id"]], "?"))
         return answer
@@ -656,7 +644,7 @@ class Answer:
     tries: int
 
 
-def _send(stack: DevStack, planned: list[Planned], queue_lock: threading.Lock) -> dict[str, Answer]:
+def _send(stack: DevStack, planned: list[Planned]) -> dict[str, Answer]:
     backlog = _Backlog(stack)
     queue_url = stack.env["DELIVERY_QUEUE_URL"]
 
@@ -668,8 +656,7 @@ def _send(stack: DevStack, planned: list[Planned], queue_lock: threading.Lock) -
                 {"Id": str(n), "MessageBody": json.dumps(p.body)}
                 for n, p in enumerate(batch[start : start + 10])
             ]
-            with queue_lock:  # not while a poller deletes: see _OneCallAtATime
-                sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+            sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
 
     producer = threading.Thread(target=produce, args=([p for p in planned if p.entry == "sqs"],))
     producer.start()
