@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from typing import Any
 
+from relay.auth import sign
+from relay.ids import is_uuid
 from relay_local.esm import EventSourceMapping
-from relay_local.lambda_runtime import load_function
+from relay_local.lambda_runtime import LambdaContext, load_function
 from relay_local.sandbox import Fault
-from tests.conftest import Webhook, bearer, fluents_message, lancepilot_message
+from tests.conftest import (
+    SIGNING_SECRET,
+    Aws,
+    Webhook,
+    bearer,
+    fluents_message,
+    lancepilot_message,
+)
 
 
 def queued(aws) -> list[dict]:
@@ -312,3 +323,120 @@ def test_a_caller_key_equal_to_a_relay_id_cannot_take_a_queued_message_s_send(
     texts = sorted(sent.json["text"]["body"] for sent in lancepilot.accepted())
     assert texts == ["Your order 1042 has shipped.", "not yours"]
     assert queued(aws) == []
+
+
+# --- a keyed request whose record is gone -----------------------------------------------------
+
+
+def forget_records(aws: Aws) -> None:
+    """Lose every idempotency record, as an expired or never-written one would be."""
+    for item in aws.dynamodb.scan(TableName=aws.table)["Items"]:
+        aws.dynamodb.delete_item(TableName=aws.table, Key={"id": item["id"]})
+
+
+def waiting(aws: Aws) -> int:
+    """Messages on the delivery queue, visible or not (counted without receiving them)."""
+    counts = aws.sqs.get_queue_attributes(
+        QueueUrl=aws.queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return sum(int(n) for n in counts.values())
+
+
+def dead_letters(aws: Aws) -> list[dict[str, Any]]:
+    return aws.sqs.receive_message(QueueUrl=aws.dlq_url, MaxNumberOfMessages=10).get("Messages", [])
+
+
+def test_an_async_retry_after_the_record_was_lost_is_queued_under_the_same_id_and_sent_once(
+    webhook, delivery, aws, lancepilot
+):
+    body = lancepilot_message(idempotency_key="k-record-lost")
+    first = webhook.post(body, headers=ASYNC)
+    forget_records(aws)
+
+    again = webhook.post(body, headers=ASYNC)
+
+    assert (first.status, again.status) == (202, 202)
+    assert "idempotent-replayed" not in again.headers  # nothing remembered it: queued again
+    assert again.json["id"] == first.json["id"]
+    assert is_uuid(first.json["id"])
+    assert waiting(aws) == 2
+    delivery.drain(idle_seconds=1.5)  # past the backoff of a copy that met the other in progress
+    assert len(lancepilot.received) == 1
+    assert (waiting(aws), dead_letters(aws)) == (0, [])
+
+
+def test_an_async_retry_after_the_invocation_timed_out_unrecorded_is_sent_once(
+    relay_env, failing_aws_call, delivery, aws, lancepilot
+):
+    # SendMessage went through, the "completed" write did not: the record stays in progress
+    # until the invocation's time is up, as when the Lambda times out right after queueing.
+    failing_aws_call("dynamodb.UpdateItem")
+    webhook = Webhook(load_function("webhook"))
+    body = lancepilot_message(idempotency_key="k-timed-out")
+    first = webhook.post(body, headers=ASYNC, context=LambdaContext(timeout_s=2))
+    threading.Event().wait(2.1)
+
+    again = webhook.post(body, headers=ASYNC)
+
+    assert (first.status, again.status) == (202, 202)
+    assert "idempotent-replayed" not in again.headers
+    assert again.json["id"] == first.json["id"]
+    assert waiting(aws) == 2
+    delivery.drain(idle_seconds=1.5)
+    assert len(lancepilot.received) == 1
+    assert (waiting(aws), dead_letters(aws)) == (0, [])
+
+
+def test_a_key_reused_for_another_message_once_its_record_is_gone_gets_another_id_and_is_sent(
+    webhook, delivery, aws, lancepilot
+):
+    first = webhook.post(lancepilot_message(idempotency_key="k-reused"), headers=ASYNC)
+    forget_records(aws)
+
+    other = webhook.post(
+        lancepilot_message(idempotency_key="k-reused", text="other"), headers=ASYNC
+    )
+
+    assert (first.status, other.status) == (202, 202)
+    assert other.json["id"] != first.json["id"]
+    delivery.drain(idle_seconds=1.5)
+    texts = sorted(sent.json["text"]["body"] for sent in lancepilot.accepted())
+    assert texts == ["Your order 1042 has shipped.", "other"]
+    assert dead_letters(aws) == []
+
+
+def test_the_id_names_the_key_and_message_not_the_way_the_key_came(webhook, aws, fluents):
+    raw = json.dumps(fluents_message()).encode()
+    now = int(time.time())
+    signed = {
+        "content-type": "application/json",
+        "prefer": "respond-async",
+        "webhook-id": "k-either",
+        "webhook-timestamp": str(now),
+        "webhook-signature": sign(SIGNING_SECRET, "k-either", now, raw),
+    }
+
+    first = webhook.post(raw=raw, headers=signed)
+    forget_records(aws)
+    again = webhook.post(raw=raw, headers={**ASYNC, "idempotency-key": "k-either"})
+    forget_records(aws)
+    other_key = webhook.post(raw=raw, headers={**ASYNC, "idempotency-key": "k-other"})
+
+    assert (first.status, again.status, other_key.status) == (202, 202, 202)
+    assert again.json["id"] == first.json["id"]  # one record key, whoever sent it: one id
+    assert other_key.json["id"] != first.json["id"]
+
+
+def test_a_sync_retry_after_the_record_was_lost_answers_with_the_first_id(webhook, aws, lancepilot):
+    body = lancepilot_message(idempotency_key="k-sync-lost")
+    first = webhook.post(body, headers=bearer())
+    forget_records(aws)
+
+    again = webhook.post(body, headers=bearer())
+
+    # A send now is not keyed by its id: with its record gone it goes out again (sqs.md says
+    # so), but under the first answer's id, so the two are seen to be one message.
+    assert (first.status, again.status) == (201, 201)
+    assert again.json["id"] == first.json["id"]
+    assert len(lancepilot.received) == 2

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from relay.auth import sign
+from relay.ids import is_uuid
 from relay_local.lambda_runtime import LambdaContext, load_function
 from relay_local.sandbox import Fault
 from tests.conftest import (
@@ -533,6 +534,26 @@ def test_dropped_connection_is_ambiguous_504_and_not_resent(webhook, lancepilot,
     assert "connection dropped" in answer.json["message"]
     assert lancepilot.accepted() == []
     assert len(lancepilot.received) <= 1
+
+
+def test_a_keyed_retry_of_a_504_answers_with_the_504s_id(webhook, lancepilot):
+    # A 504 keeps no record, so the retry sends again; its id says it is the same message.
+    lancepilot.enqueue(Fault.reset_after_read())
+    body = lancepilot_message(idempotency_key="k-in-doubt")
+
+    in_doubt = webhook.post(body, headers=bearer())
+    retried = webhook.post(body, headers=bearer())
+
+    assert (in_doubt.status, retried.status) == (504, 201)
+    assert retried.json["id"] == in_doubt.json["id"]
+    assert is_uuid(retried.json["id"])
+
+
+def test_unkeyed_messages_get_a_fresh_uuid_each(webhook, lancepilot):
+    ids = {webhook.post(lancepilot_message(), headers=bearer()).json["id"] for _ in range(3)}
+
+    assert len(ids) == 3
+    assert all(is_uuid(relay_id) for relay_id in ids)
 
 
 def test_a_dripping_answer_cannot_hold_the_relay_past_its_deadline(webhook, lancepilot):

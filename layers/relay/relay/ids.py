@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+# The namespace of keyed relay ids, an arbitrary constant. Never change it, nor how the name is
+# built: a retry that spans the deploy would get another id, and a message queued twice would
+# be sent twice.
+KEYED_IDS = uuid.UUID("6f1d7c1e-0b4a-5e2f-9c83-4d2a61b7e905")
 
 
 def new_relay_id() -> str:
-    """A fresh id for a message; callers quote it, logs carry it."""
+    """A fresh id for a message sent without an idempotency key; callers quote it, logs carry it."""
     return str(uuid.uuid4())
+
+
+def keyed_relay_id(scope: str, key: str, payload: Mapping[str, Any]) -> str:
+    """The id of a message sent under a caller's key: a UUID (version 5) named by the key, in the
+    key space ``scope`` of its idempotency record, and a hash of the message as that record holds
+    it. A retry of the same message under the same key gets the same id even when its record is
+    gone, so the delivery function (which sends a queued message once per id) sends it once; a
+    key reused for another message, once its record has expired, gets another id.
+    """
+    # Sorted and ASCII-escaped: the same payload always gives the same bytes, whatever it holds.
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    return str(uuid.uuid5(KEYED_IDS, json.dumps([scope, key, digest])))
 
 
 def is_uuid(value: str) -> bool:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from relay.delivery import Delivery
-from relay.idempotency import QUEUED, QUEUED_BY, REPLAYED, request_for
-from relay.ids import new_relay_id
+from relay.idempotency import DELIVER, QUEUED, QUEUED_BY, REPLAYED, request_for
+from relay.ids import keyed_relay_id, new_relay_id
 from relay.observability import logger
 from relay.phone import mask
 
@@ -50,11 +50,18 @@ class MessageService:
         original outcome, whichever way the first request went.
         """
         queue = queue and self._queues.delivery_url is not None
-        relay_id = new_relay_id()
         if key is None:
+            relay_id = new_relay_id()
             return _outcome(self._accept({}, message, body, relay_id, deadline, queue, None)), False
+        request = request_for(key, message)
+        # Named by what the record holds, not drawn at random: if the record of a queued request
+        # is lost (the Lambda timed out after SendMessage, or it expired), the caller's retry
+        # queues a copy under the same id, and the delivery function sends that id only once.
+        # A sync send is never keyed by its id, so there the id only ties a retry to the first
+        # answer (a 504's id, say) and their log lines together.
+        relay_id = keyed_relay_id(DELIVER, key, request["message"])
         result = self._accept_once(
-            request=request_for(key, message),
+            request=request,
             message=message,
             body=body,
             relay_id=relay_id,
