@@ -42,7 +42,15 @@ again, and Ctrl-C stops following it, not the task. Unlike the message-by-messag
     delivery function ignores them, and replaces them if it parks the message again;
   - has no guard against loops: a message that fails again while the task runs is parked
     again and may be moved again by the same task. The loop leaves such messages on the
-    DLQ: use --no-move-task when the cause may not be fixed for every message.
+    DLQ: use --no-move-task when the cause may not be fixed for every message;
+  - gives each message a new message id. A dead letter without RelayId (parked by the
+    queue's redrive policy) was keyed by its message id, so before starting a task the tool
+    reads the DLQ once and uses the loop if any lacks RelayId, or is too old (below); the
+    loop sends such a letter with its message id as RelayId.
+
+Dead letters older than --key-ttl (default {dlq.KEY_TTL_SECONDS} s, the stack's default
+IdempotencyTtlSeconds: give yours if you changed it) may have been delivered and forgotten:
+they are held back, with a warning, unless --include-stale.
 
 The loop hides each message it receives from other readers until it ends: {dlq.HOLD_SECONDS} s at
 first, doubling for a long scan up to --max-hold (default {dlq.MAX_HOLD_SECONDS} s). That is how
@@ -136,13 +144,17 @@ def _move_task(
     None when the endpoint has no move tasks: the caller moves the messages itself.
     """
     try:
-        task = dlq.start_move_task(target.sqs, dlq_url, queue_url)
+        task = dlq.start_move_task(
+            target.sqs, dlq_url, queue_url, ready=lambda: _move_task_safe(args, target, dlq_url)
+        )
     except dlq.MoveTaskUnsupported:
         print("relay: no SQS move task here; moving the messages one by one", file=sys.stderr)
         return None
     except dlq.MoveTaskBusy as busy:
         print(f"relay: {busy}", file=sys.stderr)
         return FAILED
+    if task is None:
+        return None
     print(render.move_task(task), flush=True)
     bar = tqdm(
         total=None, unit="msg", desc="move task", file=sys.stderr, disable=not _bar_wanted(args)
@@ -184,6 +196,28 @@ def _move_task(
     return OK
 
 
+def _move_task_safe(args: argparse.Namespace, target: Target, dlq_url: str) -> bool:
+    """Whether SQS's move task may move every dead letter; if not, says why on stderr."""
+    key_ttl = _key_ttl(args)
+    found = dlq.survey(target.sqs, dlq_url, key_ttl, args.max_hold, _say)
+    reasons = []
+    if found.unkeyed:
+        reasons.append(
+            f"{found.unkeyed} have no RelayId (the task would give them new message ids, and "
+            "the relay would not recognise one it delivered)"
+        )
+    if found.stale and not key_ttl.include_stale:
+        reasons.append(f"{found.stale} are older than --key-ttl (the task cannot hold them back)")
+    if found.incomplete:
+        reasons.append("the DLQ could not be read to the end")
+    if reasons:
+        _say(f"moving message by message, not with SQS's move task: {'; '.join(reasons)}")
+        return False
+    if found.stale:
+        _say(_stale_warning(found.stale, key_ttl))
+    return True
+
+
 def _redrive_loop(
     args: argparse.Namespace,
     target: Target,
@@ -220,6 +254,7 @@ def _redrive_loop(
                 stop=lambda: ctrl_c.pressed,
                 max_hold=args.max_hold,
                 notice=_say,
+                key_ttl=_key_ttl(args),
             )
     except KeyboardInterrupt:
         # The scan has made what it held visible again; a batch that was sent but not yet
@@ -230,10 +265,27 @@ def _redrive_loop(
         summary.errors.append(f"{error}; run the same command again to continue")
     finally:
         bar.close()
+    if summary.stale:
+        _say(_stale_warning(summary.stale, _key_ttl(args)))
     print(render.summary(summary))
     for problem in summary.errors:
         print(f"relay: {problem}", file=sys.stderr)
     return OK if summary.ok and not summary.not_found else FAILED
+
+
+def _key_ttl(args: argparse.Namespace) -> dlq.KeyTtl:
+    return dlq.KeyTtl(args.key_ttl, args.include_stale)
+
+
+def _stale_warning(count: int, key_ttl: dlq.KeyTtl) -> str:
+    """One line: how many are older than the relay remembers, and what became of them."""
+    older = f"{count} dead letters are older than --key-ttl ({key_ttl.seconds} s)"
+    if key_ttl.include_stale:
+        return f"{older}: redriving them (--include-stale); any already delivered goes out again"
+    return (
+        f"{older}: held back on the DLQ, as the relay may have delivered and forgotten them; "
+        "--include-stale redrives them anyway"
+    )
 
 
 def _task_status(target: Target, dlq_url: str) -> int:
@@ -374,6 +426,19 @@ def _parser() -> argparse.ArgumentParser:
         "re-parked messages from going round again; drops the Error* attributes)",
     )
     redriving.add_argument(
+        "--key-ttl",
+        type=_positive,
+        default=dlq.KEY_TTL_SECONDS,
+        metavar="SECONDS",
+        help=f"the stack's IdempotencyTtlSeconds (default {dlq.KEY_TTL_SECONDS}): older dead "
+        "letters are held back",
+    )
+    redriving.add_argument(
+        "--include-stale",
+        action="store_true",
+        help="redrive dead letters older than --key-ttl too (each may be delivered twice)",
+    )
+    redriving.add_argument(
         "--status-of-task",
         action="store_true",
         help="show the DLQ's recent SQS move tasks and exit",
@@ -410,6 +475,16 @@ def _seconds(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text}") from None
     if not 1 <= value <= dlq.SQS_MAX_HOLD_SECONDS:
         raise argparse.ArgumentTypeError(f"between 1 and {dlq.SQS_MAX_HOLD_SECONDS} seconds")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1 second")
     return value
 
 

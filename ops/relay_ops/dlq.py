@@ -36,6 +36,9 @@ HOLD_SECONDS = 30
 # does not see those messages until it has passed. Minutes, not SQS's 12 hours.
 MAX_HOLD_SECONDS = 5 * 60
 SQS_MAX_HOLD_SECONDS = 12 * 60 * 60  # SQS's longest visibility timeout
+# How long the relay remembers a delivery: the template's IdempotencyTtlSeconds default (the
+# DLQ's retention). An older dead letter may have been delivered and forgotten.
+KEY_TTL_SECONDS = 14 * 24 * 60 * 60
 POLL_SECONDS = 5.0  # between ListMessageMoveTasks calls while following a move task
 BATCH = 10  # SQS's most per receive and per batch call
 MAX_BATCH_BYTES = 256 * 1024  # SQS's batch payload limit (the older, smaller one: safe anywhere)
@@ -92,14 +95,39 @@ class DeadLetter:
 
     @property
     def sent_at(self) -> datetime | None:
-        """When it was dead-lettered (the DLQ message's SentTimestamp)."""
+        """When it was dead-lettered (the DLQ message's SentTimestamp).
+
+        For a message the queue's redrive policy moved, SQS keeps the original enqueue time:
+        then it is when the message was first sent, before any delivery of it.
+        """
         millis = self.system.get("SentTimestamp")
         return datetime.fromtimestamp(int(millis) / 1000, UTC) if millis else None
 
-    def redrive_attributes(self) -> dict[str, MessageAttributeValueTypeDef]:
-        """The attributes to send it back with: all but the Error* reason.
+    def age(self, now: datetime) -> float | None:
+        """Seconds since ``sent_at``; None if SQS did not say."""
+        sent_at = self.sent_at
+        return (now - sent_at).total_seconds() if sent_at is not None else None
 
-        RelayId and IdempotencyKey stay, so the relay recognises a message it already delivered.
+    @property
+    def keyed(self) -> bool:
+        """Whether it carries a RelayId (the delivery function writes one on all it parks)."""
+        return bool((self.attribute("RelayId") or "").strip())
+
+    @property
+    def relay_id(self) -> str:
+        """The RelayId it is redriven with: its own, else its message id.
+
+        A dead letter without one was moved by the queue's redrive policy, which keeps the
+        message id; that id is what the delivery function keyed it by (unless the body or an
+        IdempotencyKey gave a key), so sent back under it, it is recognised if delivered.
+        """
+        return (self.attribute("RelayId") or "").strip() or self.message_id
+
+    def redrive_attributes(self) -> dict[str, MessageAttributeValueTypeDef]:
+        """The attributes to send it back with: all but the Error* reason, and a RelayId.
+
+        RelayId and IdempotencyKey stay, so the relay recognises a message it already delivered;
+        one without a RelayId gets ``relay_id`` (a redrive gives it a new message id).
         """
         kept: dict[str, MessageAttributeValueTypeDef] = {}
         for name, value in self.attributes.items():
@@ -112,7 +140,27 @@ class DeadLetter:
             if "BinaryValue" in value:
                 copy["BinaryValue"] = value["BinaryValue"]
             kept[name] = copy
+        if not self.keyed:
+            kept["RelayId"] = {"DataType": "String", "StringValue": self.relay_id}
         return kept
+
+
+@dataclass(frozen=True)
+class KeyTtl:
+    """How long the relay remembers a delivery, and whether to redrive older dead letters."""
+
+    seconds: int = KEY_TTL_SECONDS
+    include_stale: bool = False  # redrive them anyway: each may be delivered a second time
+
+    def stale(self, letter: DeadLetter, now: datetime) -> bool:
+        """Older than the relay remembers: if it was delivered, a redrive sends it again."""
+        age = letter.age(now)
+        return age is not None and age > self.seconds
+
+
+def utc_now() -> datetime:
+    """The tool's clock, for dead letters' ages."""
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -342,6 +390,33 @@ def find(
     return found[0] if found else None
 
 
+@dataclass
+class Survey:
+    """What a scan of the whole DLQ found that SQS's move task would mishandle."""
+
+    unkeyed: int = 0  # without RelayId: the task would give them new message ids
+    stale: int = 0  # older than the key TTL: the task cannot hold them back
+    incomplete: bool = False  # the scan stopped short: the counts are a lower bound
+
+
+def survey(
+    sqs: SQSClient,
+    dlq_url: str,
+    key_ttl: KeyTtl,
+    max_hold: int | None = None,
+    notice: Callable[[str], object] = lambda _: None,
+) -> Survey:
+    """Count the dead letters without RelayId, and those older than ``key_ttl``."""
+    found = Survey()
+    now = utc_now()
+    with Scan(sqs, dlq_url, max_hold, notice) as scan:
+        for batch in scan:
+            found.unkeyed += sum(not letter.keyed for letter in batch)
+            found.stale += sum(key_ttl.stale(letter, now) for letter in batch)
+    found.incomplete = scan.incomplete
+    return found
+
+
 # --- redrive ----------------------------------------------------------------------------------
 
 
@@ -360,12 +435,24 @@ class RedriveSummary:
     stopped: bool = False  # asked to stop (Ctrl-C) and did, between batches
     incomplete: bool = False  # the scan stopped short (the queue outlasted the longest hold)
     released: int = 0  # received, not moved, made visible again at the end
+    stale: int = 0  # selected, but older than the key TTL: held back unless include_stale
+    include_stale: bool = False
+
+    @property
+    def held_back(self) -> int:
+        """Stale dead letters left on the DLQ."""
+        return 0 if self.include_stale else self.stale
 
     @property
     def ok(self) -> bool:
         """True when every selected message is on the delivery queue and off the DLQ."""
         return not (
-            self.failed or self.not_deleted or self.errors or self.stopped or self.incomplete
+            self.failed
+            or self.not_deleted
+            or self.errors
+            or self.stopped
+            or self.incomplete
+            or self.held_back
         )
 
 
@@ -384,6 +471,7 @@ def redrive(
     stop: Callable[[], bool] = lambda: False,
     max_hold: int | None = None,
     notice: Callable[[str], object] = lambda _: None,
+    key_ttl: KeyTtl | None = None,
 ) -> RedriveSummary:
     """Move the selected dead letters to the delivery queue: send each first, then delete it.
 
@@ -395,23 +483,32 @@ def redrive(
     sent has also been deleted, so a rerun sends none of them twice. Whatever way the run
     ends (KeyboardInterrupt included), the messages it received and did not delete are made
     visible again before this returns or raises.
+
+    Selected dead letters older than ``key_ttl`` are counted in ``summary.stale`` and left on
+    the DLQ, unless it says to include them.
     """
+    ttl = key_ttl or KeyTtl()
+    summary.include_stale = ttl.include_stale
     wanted = set(selection.ids)
     # The relay ids this run sent: the delivery function may park a message again (still
     # invalid, still refused) while the run goes on, and sending that copy back would loop.
-    # A re-parked copy carries the RelayId it was sent with, or, if it had none, the message id
-    # the delivery queue gave it.
+    # A re-parked copy carries the RelayId it was sent with (every message is sent with one).
     sent: set[str] = set()
     scan = Scan(sqs, dlq_url, max_hold, notice)
     try:
         with scan:
             for batch in scan:
-                again = [letter for letter in batch if letter.attribute("RelayId") in sent]
+                again = [letter for letter in batch if letter.relay_id in sent]
                 summary.parked_again += len(again)
                 rest = [letter for letter in batch if letter not in again]
                 chosen = [letter for letter in rest if selection.matches(letter)]
                 summary.skipped += len(rest) - len(chosen)
                 wanted.difference_update(letter.message_id for letter in chosen)
+                now = utc_now()
+                stale = [letter for letter in chosen if ttl.stale(letter, now)]
+                summary.stale += len(stale)
+                if not ttl.include_stale:
+                    chosen = [letter for letter in chosen if letter not in stale]
                 if summary.dry_run:
                     summary.moved += len(chosen)
                 else:
@@ -459,8 +556,7 @@ def _move(
         raise _Stop(f"could not send to the delivery queue: {error}") from None
     succeeded = answer.get("Successful", [])
     for entry in succeeded:
-        letter = letters[int(entry["Id"])]
-        relay_ids.add(letter.attribute("RelayId") or entry["MessageId"])
+        relay_ids.add(letters[int(entry["Id"])].relay_id)  # the RelayId it was sent with
     summary.failed += len(letters) - len(succeeded)
     for failure in answer.get("Failed", []):
         letter = letters[int(failure["Id"])]
@@ -581,17 +677,24 @@ def queue_arn(sqs: SQSClient, url: str) -> str:
     ]
 
 
-def start_move_task(sqs: SQSClient, dlq_url: str, queue_url: str) -> MoveTask:
+def start_move_task(
+    sqs: SQSClient, dlq_url: str, queue_url: str, ready: Callable[[], bool] = lambda: True
+) -> MoveTask | None:
     """Have SQS move every dead letter to the delivery queue (server-side, asynchronous).
 
     A task already running from the DLQ to the delivery queue is joined, not started again:
     SQS refuses a second one, and a run that was interrupted while following its task picks
     it up this way. Raises MoveTaskBusy if the running task goes elsewhere.
+
+    Before starting one, ``ready()`` is asked (not before joining one: scanning the DLQ would
+    hide messages from the running task); None when it says no.
     """
     source, destination = queue_arn(sqs, dlq_url), queue_arn(sqs, queue_url)
     listed = move_tasks(sqs, source)
     running = _running(listed)
     if running is None:
+        if not ready():
+            return None
         earlier = frozenset(entry.get("StartedTimestamp", 0) for entry in listed)
         try:
             started = sqs.start_message_move_task(SourceArn=source, DestinationArn=destination)

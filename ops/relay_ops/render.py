@@ -73,7 +73,7 @@ def _metadata(letter: DeadLetter, now: datetime) -> dict[str, Any]:
         "message_id": letter.message_id,
         "kind": letter.kind,
         "status": letter.status,
-        "error": _error(letter)[:ERROR_WIDTH],
+        "error": _error(letter),  # whole: scripts may need all of it (the table cuts it)
         "relay_id": letter.attribute("RelayId"),
         "dead_lettered_at": sent_at.isoformat() if sent_at else None,
         "age_seconds": int((now - sent_at).total_seconds()) if sent_at else None,
@@ -104,6 +104,11 @@ def summary(done: RedriveSummary) -> str:
         f"{moved} {done.moved}, skipped {done.skipped} (filtered out, made visible again), "
         f"failed {done.failed}"
     ]
+    if done.held_back:
+        lines.append(
+            f"held back: {done.held_back} older than --key-ttl (left on the DLQ; "
+            "--include-stale redrives them)"
+        )
     if done.not_deleted:
         lines.append(
             f"sent but still on the DLQ: {done.not_deleted} (run again to finish; the relay's "

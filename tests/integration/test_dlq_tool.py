@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import boto3
@@ -19,6 +20,8 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto import mock_aws
 
+from relay_local.esm import event_record
+from relay_local.lambda_runtime import LambdaContext
 from relay_local.sandbox import Fault
 from relay_ops import dlq
 from relay_ops.cli import main
@@ -57,11 +60,17 @@ def queues(request):
 
 @pytest.fixture
 def relay(queues, capsys):
-    """Run ``relay dlq ...`` with the test queues; (exit code, stdout, stderr)."""
+    """Run ``relay dlq ...`` with the test queues; (exit code, stdout, stderr).
 
-    def run(*argv: str, urls: bool = True):
+    ``terminal=True``: stderr is a terminal, so the tool draws its progress bar there.
+    """
+
+    def run(*argv: str, urls: bool = True, terminal: bool = False):
         where = ["--dlq-url", queues.dlq_url, "--queue-url", queues.queue_url] if urls else []
-        code = main(["dlq", *argv, *where])
+        with pytest.MonkeyPatch.context() as patch:
+            if terminal:  # capsys's stream, in place only now the test runs
+                patch.setattr(sys.stderr, "isatty", lambda: True)
+            code = main(["dlq", *argv, *where])
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -248,6 +257,19 @@ def test_list_filters_limits_and_speaks_json(relay, queues, three):
     _, out, _ = relay("list", "--limit", "2", "--json")
     assert len(json.loads(out)) == 2
     assert visible(queues, queues.dlq_url) == 3
+
+
+def test_list_json_carries_the_whole_error_masked(relay, queues):
+    # A provider's error text longer than the table's column, with a number past its cut.
+    error = "provider refused: " + "the contact is not opted in; " * 4 + "to_number +4915123456789"
+    park(queues, lancepilot_message(), "permanent", 422, error)
+
+    _, table, _ = relay("list")
+    [listed] = json.loads(relay("list", "--json")[1])
+
+    assert listed["error"] == error.replace("+4915123456789", "*" * 12 + "89")
+    assert len(listed["error"]) > 80
+    assert "*89" not in table  # the table still shows only the first 80 characters
 
 
 def test_list_of_an_empty_queue(relay):
@@ -443,6 +465,49 @@ def test_queues_from_the_environment_and_from_a_stack(relay, queues, three, monk
     assert "moved 1" in out
 
 
+def test_dead_letters_older_than_the_key_ttl_are_held_back_unless_included(
+    relay, queues, monkeypatch
+):
+    old = park(queues, lancepilot_message(text="old"), "exhausted", 503, relay_id="relay-old")
+    time.sleep(0.01)  # a later SentTimestamp
+    new = park(queues, lancepilot_message(text="new"), "exhausted", 503, relay_id="relay-new")
+    sent = {
+        entry["message_id"]: datetime.fromisoformat(entry["dead_lettered_at"])
+        for entry in json.loads(relay("list", "--json")[1])
+    }
+    # The tool's clock: 14 days (the default --key-ttl) after the newer one was parked, so
+    # the older one has just passed it.
+    monkeypatch.setattr(dlq, "utc_now", lambda: sent[new] + timedelta(seconds=14 * 86400))
+    # As on AWS with no task running: the task cannot hold one back, so the loop is used.
+    intercept(monkeypatch, "ListMessageMoveTasks", lambda params: {"Results": []})
+    starts = intercept(monkeypatch, "StartMessageMoveTask", lambda params: None)
+
+    code, out, err = relay("redrive", "--all", "--yes")
+
+    assert code == 1
+    assert "moved 1, skipped 0" in out
+    assert "held back: 1 older than --key-ttl" in out
+    assert "1 are older than --key-ttl (the task cannot hold them back)" in err
+    assert "1 dead letters are older than --key-ttl (1209600 s): held back" in err
+    assert starts == []
+    assert delivered(queues) == ["relay-new"]
+    assert [m["MessageId"] for m in take_all_visible(queues, queues.dlq_url)] == [old]
+
+    code, out, err = relay("redrive", "--all", "--yes", "--key-ttl", "86400", "--include-stale")
+
+    assert (code, "moved 1" in out) == (0, True)
+    assert "held back" not in out
+    assert "1 dead letters are older than --key-ttl (86400 s): redriving them" in err
+    assert delivered(queues) == ["relay-old"]
+    assert visible(queues, queues.dlq_url) == 0
+
+
+def take_all_visible(queues, url) -> list[dict]:
+    """What is on a queue, left there and visible."""
+    found = queues.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+    return found.get("Messages", [])
+
+
 # --- interrupted, then run again ----------------------------------------------------------------
 
 
@@ -541,6 +606,23 @@ def test_a_receive_cut_short_says_how_long_its_messages_stay_hidden(
     assert relay("redrive", "--kind", "exhausted", "--yes", "--quiet")[0] == 0
     assert delivered(queues) == sorted(thirty_five)
     assert visible(queues, queues.dlq_url) == hidden(queues, queues.dlq_url) == 0
+
+
+def test_the_loop_shows_its_progress_on_a_terminal(relay, queues, thirty_five):
+    code, out, err = relay("redrive", "--kind", "exhausted", "--yes", terminal=True)
+
+    assert (code, "moved 35" in out) == (0, True)
+    assert "redrive" in err
+    for shown in ("0/35", "35/35"):  # the bar, from the DLQ's count, to the end
+        assert shown in err
+    assert "35/35" not in out  # the bar stays off stdout
+
+
+def test_the_loop_draws_no_bar_when_quiet(relay, queues, thirty_five):
+    code, _, err = relay("redrive", "--kind", "exhausted", "--yes", "--quiet", terminal=True)
+
+    assert code == 0
+    assert "/35" not in err
 
 
 def test_ctrl_c_stops_between_batches_and_the_rerun_finishes(relay, queues, thirty_five, on_call):
@@ -650,6 +732,39 @@ def expect_tasks(stub, *entries: dict) -> None:
     )
 
 
+def expect_scan(stub, *relay_ids: str | None) -> None:
+    """The read of the DLQ before a task starts: one dead letter per relay id (None: without)."""
+    messages = []
+    for n, relay_id in enumerate(relay_ids):
+        message: dict[str, Any] = {
+            "MessageId": f"dead-{n}",
+            "ReceiptHandle": f"handle-{n}",
+            "Body": "{}",
+            "Attributes": {"SentTimestamp": str(int(time.time() * 1000))},
+        }
+        if relay_id is not None:
+            message["MessageAttributes"] = {
+                "RelayId": {"DataType": "String", "StringValue": relay_id}
+            }
+        messages.append(message)
+    if messages:
+        stub.add_response("receive_message", {"Messages": messages})
+    stub.add_response("receive_message", {})
+    expect_count(stub, 0)
+    if messages:  # made visible again at once, for the task
+        stub.add_response(
+            "change_message_visibility_batch",
+            {"Successful": [{"Id": str(n)} for n in range(len(messages))], "Failed": []},
+            {
+                "QueueUrl": DLQ_URL,
+                "Entries": [
+                    {"Id": str(n), "ReceiptHandle": f"handle-{n}", "VisibilityTimeout": 0}
+                    for n in range(len(messages))
+                ],
+            },
+        )
+
+
 def expect_start(stub, handle: str = "task-1") -> None:
     stub.add_response(
         "start_message_move_task",
@@ -688,6 +803,7 @@ OLD = task("COMPLETED", 4, StartedTimestamp=EARLIER, ApproximateNumberOfMessages
 def test_redrive_all_on_aws_follows_its_move_task_with_a_progress_bar(relay_aws, sqs_stub):
     expect_arns(sqs_stub)
     expect_tasks(sqs_stub, OLD)  # last week's task, long over
+    expect_scan(sqs_stub, "relay-1", "relay-2")  # every dead letter has its RelayId
     expect_start(sqs_stub)
     expect_tasks(sqs_stub, task("RUNNING", 3, "task-1"), OLD)
     expect_tasks(sqs_stub, task("RUNNING", 7, "task-1"), OLD)
@@ -719,6 +835,7 @@ def test_redrive_all_on_aws_follows_its_move_task_with_a_progress_bar(relay_aws,
 def test_a_move_task_that_does_not_complete_exits_1(relay_aws, sqs_stub, readings, reason):
     expect_arns(sqs_stub)
     expect_tasks(sqs_stub)
+    expect_scan(sqs_stub, "relay-1")
     expect_start(sqs_stub)
     expect_tasks(sqs_stub, task("RUNNING", 2, "task-1"))
     for reading in readings:
@@ -740,6 +857,7 @@ def test_a_move_task_over_before_the_first_reading_is_found_and_what_is_left_rep
 ):
     expect_arns(sqs_stub)
     expect_tasks(sqs_stub, OLD)
+    expect_scan(sqs_stub, "relay-1")
     expect_start(sqs_stub)
     # Ours ended already, so it has no handle: it is the one that was not there before.
     expect_tasks(sqs_stub, OLD, task("COMPLETED", 10))
@@ -758,6 +876,7 @@ def test_an_interrupted_follow_is_resumed_without_a_second_task(relay_aws, sqs_s
     sqs_stub.client.meta.events.register("after-call.sqs.ListMessageMoveTasks", ctrl_c)
     expect_arns(sqs_stub)
     expect_tasks(sqs_stub)
+    expect_scan(sqs_stub, "relay-1")
     expect_start(sqs_stub)
     expect_tasks(sqs_stub, task("RUNNING", 3, "task-1"))
     expect_tasks(sqs_stub, task("RUNNING", 5, "task-1"))
@@ -788,6 +907,7 @@ def test_an_interrupted_follow_is_resumed_without_a_second_task(relay_aws, sqs_s
 def test_a_refused_start_follows_the_task_that_got_there_first(relay_aws, sqs_stub):
     expect_arns(sqs_stub)
     expect_tasks(sqs_stub)
+    expect_scan(sqs_stub)  # nothing visible: the task is started all the same
     sqs_stub.add_client_error(
         "start_message_move_task",
         service_error_code="AWS.SimpleQueueService.UnsupportedOperation",
@@ -915,4 +1035,50 @@ def test_a_message_moved_by_the_move_task_with_its_old_reason_is_handled_as_new(
         delivery.poll_once()
 
     assert [r.json["text"]["body"] for r in lancepilot.accepted()] == ["moved by SQS"]
+    assert visible(aws, aws.dlq_url) == visible(aws, aws.queue_url) == 0
+
+
+def test_a_delivered_message_the_queue_dead_lettered_is_not_delivered_again(
+    relay, delivery, aws, lancepilot, monkeypatch, capsys
+):
+    # Delivered, then the invocation timed out before the event source mapping deleted it, on
+    # every receive: the queue's redrive policy moves it to the DLQ, message id kept, no reason.
+    body = json.dumps(lancepilot_message(text="delivered, then timed out"))
+    message_id = aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=body)["MessageId"]
+    arn = dlq.queue_arn(aws.sqs, aws.queue_url)
+    for receive in range(aws.max_receive_count):
+        [message] = aws.sqs.receive_message(
+            QueueUrl=aws.queue_url,
+            VisibilityTimeout=0,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["All"],
+        )["Messages"]
+        if receive == 0:
+            event = {"Records": [event_record(message, arn)]}
+            answer = delivery.handler(event, LambdaContext(timeout_s=30))
+            assert answer["batchItemFailures"] == []
+    # One receive too many: moto, as SQS, moves it to the DLQ instead of returning it.
+    assert aws.sqs.receive_message(QueueUrl=aws.queue_url).get("Messages", []) == []
+    capsys.readouterr()  # the handler's metrics line
+    [dead] = json.loads(relay("list", "--json")[1])
+    assert (dead["message_id"], dead["kind"], dead["relay_id"]) == (message_id, None, None)
+    assert len(lancepilot.received) == 1
+    # As on AWS with no task running: the tool looks at the dead letters before starting one.
+    intercept(monkeypatch, "ListMessageMoveTasks", lambda params: {"Results": []})
+    starts = intercept(monkeypatch, "StartMessageMoveTask", lambda params: None)
+
+    code, out, err = relay("redrive", "--all", "--yes")
+
+    assert (code, "moved 1" in out) == (0, True), err
+    assert "1 have no RelayId" in err
+    assert starts == []  # the move task would give it a new message id
+    [redriven] = aws.sqs.receive_message(
+        QueueUrl=aws.queue_url, VisibilityTimeout=0, MessageAttributeNames=["All"]
+    )["Messages"]
+    assert redriven["MessageId"] != message_id
+    assert strings(redriven) == {"RelayId": message_id}
+
+    delivery.poll_once()  # the real handler, with the redriven message
+
+    assert len(lancepilot.received) == 1  # recognised as delivered: not sent again
     assert visible(aws, aws.dlq_url) == visible(aws, aws.queue_url) == 0

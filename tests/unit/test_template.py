@@ -328,6 +328,16 @@ def test_idempotency_table(resources: dict[str, Any]) -> None:
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
 
 
+def test_a_delivery_is_remembered_as_long_as_its_dead_letter_can_be_redriven(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    # Else a delivered message redriven late is sent again (the DLQ tool's --key-ttl default).
+    ttl = template["Parameters"]["IdempotencyTtlSeconds"]["Default"]
+    assert ttl >= resources["DeliveryDeadLetterQueue"]["Properties"]["MessageRetentionPeriod"]
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["IDEMPOTENCY_TTL_SECONDS"] == {"Ref": "IdempotencyTtlSeconds"}
+
+
 def test_no_api_gateway_authorizer(resources: dict[str, Any], function: dict[str, Any]) -> None:
     api = resources["HttpApi"]
     assert api["Type"] == "AWS::Serverless::HttpApi"

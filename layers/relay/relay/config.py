@@ -40,7 +40,7 @@ class Settings(NamedTuple):
     max_connections: int = 10
     secrets_max_age: int = 300
     # Idempotency: how long a delivered message's key is remembered.
-    idempotency_ttl: int = 24 * 3600
+    idempotency_ttl: int = 14 * 24 * 3600  # the DLQ's retention: see template.yaml
     # The SQS side. The webhook needs only the delivery queue (for Prefer: respond-async).
     delivery_queue_url: str | None = None
     dead_letter_queue_url: str | None = None
