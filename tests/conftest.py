@@ -15,10 +15,14 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from relay_local import resources
+from relay_local import moto_server, resources
 from relay_local.esm import EventSourceMapping
 from relay_local.lambda_runtime import LambdaContext, load_function
 from relay_local.sandbox import ProviderSandbox
+
+# In-process moto as the local stack's moto_server runs it: SQS calls and DynamoDB writes one
+# at a time, so a conditional write excludes as DynamoDB's does when a batch's threads race.
+moto_server.install()
 
 REPO = Path(__file__).resolve().parents[1]
 EVENTS = REPO / "events"

@@ -276,9 +276,9 @@ def test_a_batch_is_sent_concurrently(delivery, aws, lancepilot, fluents):
         assert delivery.poll_once().failed == []
     finally:
         lancepilot.latency = fluents.latency = 0.0
+    # All ten at the providers at once (counted there): none waited for another's answer. Not
+    # a clock check: arrival times spread with the machine's load, the overlap does not.
     assert (lancepilot.peak_in_flight, fluents.peak_in_flight) == (5, 5)
-    arrivals = [r.at for r in lancepilot.received + fluents.received]
-    assert max(arrivals) - min(arrivals) < 0.3  # none waited for another's answer
 
 
 def test_concurrency_is_bounded_per_provider(relay_env, monkeypatch, aws, lancepilot, fluents):
@@ -400,12 +400,8 @@ def test_an_unsaved_success_record_does_not_send_the_message_again(
     assert waiting(aws) == 0
 
 
-def test_two_messages_with_one_key_in_one_batch_are_sent_once(
-    relay_env, monkeypatch, aws, lancepilot
-):
-    # One send at a time: DynamoDB's conditional writes are atomic, moto's are not (two
-    # threads can both win the same key there), and the point here is the key, not the race.
-    monkeypatch.setenv("PROVIDER_CONCURRENCY", "1")
+def test_two_messages_with_one_key_in_one_batch_are_sent_once(relay_env, aws, lancepilot):
+    # Both in one batch, on two threads at once: the conditional write lets one through.
     delivery = EventSourceMapping(
         aws.sqs, aws.queue_url, load_function("delivery").lambda_handler, wait_seconds=0
     )

@@ -1,4 +1,9 @@
-"""One SQS batch: sends run concurrently, bounded per provider, and stop before the Lambda does."""
+"""One SQS batch: sends run concurrently, bounded per provider, and stop before the Lambda does.
+
+The bound is on requests at a provider (``PROVIDER_CONCURRENCY`` each, held by the transport
+around the HTTP request alone), not on messages in hand: a message's idempotency writes do not
+take a provider's slot.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from relay.errors import RelayError
 from relay.observability import logger
 from relay.queue_worker import Redeliver
 from relay.secrets import AWS_CALL_LIMIT_SECONDS
+from relay.transport import sends_end_by
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -25,21 +31,32 @@ if TYPE_CHECKING:
 # Kept back from the Lambda's remaining time after a send: the idempotency write and a
 # dead-letter send or visibility change (each bounded), and returning the batch's result.
 BATCH_MARGIN_SECONDS = 1.0 + 2 * AWS_CALL_LIMIT_SECONDS
+# Threads per provider for each send it may have in flight (see send_lanes).
+LANE_THREADS_PER_SLOT = 2
 
 
 def send_lanes(settings: Settings) -> dict[ProviderName | None, Executor]:
-    """Threads for a batch's sends, made once per process: one pool per provider, sized to its
-    limit, so a slow provider holds up only its own messages; and one (key None) for messages
-    that are not valid, which go to the dead-letter queue without a send.
+    """Threads for a batch's messages, made once per process: one pool per provider, so a slow
+    provider holds up only its own messages; and one (key None) for messages that are not
+    valid, which go to the dead-letter queue without a send.
+
+    A provider's pool has ``LANE_THREADS_PER_SLOT`` threads per send it may have in flight: a
+    thread carries a message through its idempotency writes too, and the limit bounds only the
+    requests at the provider (the transport's slots), so that while ``provider_concurrency``
+    threads wait on the provider, others write the next records and the last ones' completions.
+    Threads start as messages arrive (never more than a batch has) and are kept across
+    invocations.
 
     Plain thread pools, not asyncio: its import costs about 20 ms of every cold start (-X
     importtime, docs/performance.md), and the sends block on sockets anyway.
     """
     size = settings.provider_concurrency
-    return {
-        lane: ThreadPoolExecutor(size, thread_name_prefix=f"send-{lane or 'invalid'}")
-        for lane in (*PROVIDERS, None)
+    lanes: dict[ProviderName | None, Executor] = {
+        provider: ThreadPoolExecutor(LANE_THREADS_PER_SLOT * size, f"send-{provider}")
+        for provider in PROVIDERS
     }
+    lanes[None] = ThreadPoolExecutor(size, thread_name_prefix="send-invalid")
+    return lanes
 
 
 class BatchRun:
@@ -97,16 +114,23 @@ class BatchRun:
         return self._lanes[lane].submit(self._send, queued, message)
 
     def _send(self, queued: QueuedMessage, message: Message | RelayError) -> Outcome:
-        # The deadline is taken when a thread is free to send, not when the batch arrived.
-        return self._worker.process(queued, message, self._deadline())
+        # Sends must be over by `end`, whatever they wait for. The deadline is taken when a
+        # thread takes the message up, not when the batch arrived, and taken again when the
+        # send gets its slot at the provider (relay.transport), so that neither wait uses up
+        # the message's send budget; a message that gets no slot while a whole attempt still
+        # fits before `end` is handed back unsent.
+        end = time.monotonic() + self._remaining_ms() / 1000 - BATCH_MARGIN_SECONDS
+        with sends_end_by(end):
+            return self._worker.process(queued, message, self._deadline(end))
 
-    def _deadline(self) -> float | None:
+    def _deadline(self, end: float) -> float | None:
         """When this send must end, or None if not even one whole attempt fits any more."""
         s = self._settings
-        room = min(s.send_budget, self._remaining_ms() / 1000 - BATCH_MARGIN_SECONDS)
+        now = time.monotonic()
+        room = min(s.send_budget, end - now)
         if room < min(s.send_budget, s.connect_timeout + s.read_timeout):
             return None
-        return time.monotonic() + room
+        return now + room
 
 
 def _succeeded(send: Future[Outcome]) -> bool:

@@ -73,8 +73,13 @@ class Deliverer:
                 },
             )
 
-        # A subsegment per send: provider and outcome as annotations, never the message.
-        with tracer.provider.in_subsegment(f"## {message.provider} send") as subsegment:
+        # The provider's slot first (OutOfTime if none comes in time): waiting for one is
+        # neither latency nor a provider error. A subsegment per send: provider and outcome as
+        # annotations, never the message.
+        with (
+            self._transport.slot(request.url, deadline) as deadline,
+            tracer.provider.in_subsegment(f"## {message.provider} send") as subsegment,
+        ):
             subsegment.put_annotation("provider", message.provider)
             started = time.monotonic()
             error: RelayError

@@ -23,8 +23,14 @@ if TYPE_CHECKING:
 # Bounded AWS calls (Secrets Manager, SQS, DynamoDB): a hiccup becomes a quick 503 or a
 # retry, not a Lambda timeout. botocore's defaults would allow minutes.
 _CONNECT, _READ, _ATTEMPTS = 1.0, 2.0, 2
+# A batch's threads (relay.batch.send_lanes: 2 x PROVIDER_CONCURRENCY per provider, plus the
+# invalid lane) write their records at once; past the pool's size botocore drops a connection
+# after each call and the next one pays a new TLS handshake. 64 covers the default of 10.
 FAST_FAIL = Config(
-    connect_timeout=_CONNECT, read_timeout=_READ, retries={"total_max_attempts": _ATTEMPTS}
+    connect_timeout=_CONNECT,
+    read_timeout=_READ,
+    retries={"total_max_attempts": _ATTEMPTS},
+    max_pool_connections=64,
 )
 AWS_CALL_LIMIT_SECONDS = (_CONNECT + _READ) * _ATTEMPTS  # the longest one such call can take
 

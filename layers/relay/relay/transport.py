@@ -5,11 +5,20 @@ POST is retried (on 5xx, 408, 429 and failures to connect), waits are exponentia
 jitter or the provider's ``Retry-After``, and no wait may cross the deadline. Once the request
 may have reached the provider (a read timeout, or the connection dropped before an answer),
 nothing is resent here: the provider may already have accepted the message.
+
+Each provider (each origin: scheme, host and port) has ``provider_concurrency`` slots per
+process, and a request holds one only while it is with the provider (its retries and their
+waits included): the batch's DynamoDB writes happen outside them. A request that cannot get a
+slot while a whole attempt would still fit before its end is not sent (``OutOfTime``). Inside
+``sends_end_by`` (the SQS batch), a send's deadline is taken when it gets its slot, so that
+waiting for one uses up the Lambda's time but not the message's send budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+import threading
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -22,10 +31,12 @@ from urllib3.exceptions import (
     ReadTimeoutError,
     ResponseError,
 )
-from urllib3.util import Retry, Timeout
+from urllib3.util import Retry, Timeout, parse_url
+
+from relay.errors import OutOfTime
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterator, Mapping
     from types import TracebackType
 
     from urllib3.connectionpool import ConnectionPool
@@ -38,6 +49,22 @@ if TYPE_CHECKING:
 
 RETRY_STATUSES = frozenset({408, 429, *range(500, 600)})
 MAX_REPLY_BYTES = 64 * 1024  # more than any documented answer; the rest is not read
+
+_thread = threading.local()  # .end: this thread's sends_end_by, if any
+
+
+@contextlib.contextmanager
+def sends_end_by(end: float) -> Iterator[None]:
+    """Sends on this thread within the block end by ``end`` (time.monotonic()), the caller's
+    hard limit, and take their deadline when they get a provider's slot: ``send_budget`` from
+    then, but not past ``end``. They wait for a slot while a whole attempt still fits before
+    ``end``; the ``deadline`` given to ``post`` then only says whether there was time to start.
+    """
+    _thread.end = end
+    try:
+        yield
+    finally:
+        _thread.end = None
 
 
 class Reply(NamedTuple):
@@ -141,11 +168,51 @@ class Transport:
             retries=False,
             headers={"User-Agent": "webhook-relay/0.1"},
         )
+        # Per origin (scheme, host, port): one per provider (two set to one origin share it).
+        self._slots: dict[tuple[str | None, str | None, int | None], threading.Semaphore] = {}
+        self._slots_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def slot(self, url: str, deadline: float) -> Iterator[float]:
+        """Hold one of the slots of ``url``'s provider; yields the send's deadline.
+
+        Waits only while a whole attempt would still fit after the wait (a send is started
+        with at least that much time, relay.batch); raises OutOfTime
+        past that (every slot stayed busy). Inside
+        ``sends_end_by`` the deadline is taken once the slot is held.
+        """
+        s = self._settings
+        end: float | None = getattr(_thread, "end", None)
+        latest = (deadline if end is None else end) - min(
+            s.send_budget, s.connect_timeout + s.read_timeout
+        )
+        held = self._slot(url)
+        if not held.acquire(timeout=max(0.0, latest - time.monotonic())):
+            raise OutOfTime
+        try:
+            yield deadline if end is None else min(time.monotonic() + s.send_budget, end)
+        finally:
+            held.release()
+
+    def _slot(self, url: str) -> threading.Semaphore:
+        """The semaphore bounding requests in flight to ``url``'s provider (its origin)."""
+        parsed = parse_url(url)
+        origin = (parsed.scheme, parsed.host, parsed.port)
+        with self._slots_lock:
+            slot = self._slots.get(origin)
+            if slot is None:
+                slot = self._slots[origin] = threading.BoundedSemaphore(
+                    self._settings.provider_concurrency
+                )
+            return slot
 
     def post(
         self, request: OutboundRequest, deadline: float, on_retry: RetryHook | None = None
     ) -> Reply:
-        """POST ``request``, retrying transient failures while the deadline allows."""
+        """POST ``request``, retrying transient failures while the deadline allows.
+
+        The caller holds the provider's ``slot``.
+        """
         s = self._settings
         attempt_time = s.connect_timeout + s.read_timeout
         room = deadline - time.monotonic()

@@ -1,0 +1,127 @@
+"""The per-provider limit bounds requests at the provider, not messages in hand.
+
+Through the real delivery handler, moto and the loopback stand-ins: a message's idempotency
+writes happen outside the provider's slots, and a message that cannot get a slot before its
+deadline is handed back unsent, to be delivered on its next receive.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from relay_local.esm import event_record
+from relay_local.lambda_runtime import LambdaContext, load_function
+from tests.conftest import handler_session, lancepilot_message
+
+
+def _records(aws: Any, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Queue ``bodies`` and receive them back as the event source would shape them."""
+    for body in bodies:
+        aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=json.dumps(body))
+    arn = aws.sqs.get_queue_attributes(QueueUrl=aws.queue_url, AttributeNames=["QueueArn"])
+    records: list[dict[str, Any]] = []
+    while len(records) < len(bodies):
+        for message in aws.sqs.receive_message(
+            QueueUrl=aws.queue_url,
+            MaxNumberOfMessages=10,
+            MessageSystemAttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        ).get("Messages", []):
+            records.append(event_record(message, arn["Attributes"]["QueueArn"]))
+    return records
+
+
+@pytest.fixture
+def slow_writes() -> Any:
+    """Each PutItem and UpdateItem takes ``delay`` seconds more, as a network round trip would
+    (clients created after: load the handler once this is set up)."""
+    events = handler_session().events
+    delay = 0.25
+
+    def wait(**_: Any) -> None:
+        time.sleep(delay)
+
+    names = ("before-call.dynamodb.PutItem", "before-call.dynamodb.UpdateItem")
+    for name in names:
+        events.register(name, wait)
+    yield delay
+    for name in names:
+        events.unregister(name, wait)
+
+
+def test_idempotency_writes_do_not_hold_a_provider_slot(
+    relay_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    slow_writes: float,
+    aws: Any,
+    lancepilot: Any,
+) -> None:
+    monkeypatch.setenv("PROVIDER_CONCURRENCY", "2")
+    handler = load_function("delivery").lambda_handler
+    latency = lancepilot.latency = 0.3
+    try:
+        records = _records(aws, [lancepilot_message(text=str(i)) for i in range(4)])
+        answer = handler({"Records": records}, LambdaContext())
+    finally:
+        lancepilot.latency = 0.0
+    assert answer == {"batchItemFailures": []}
+    assert len(lancepilot.accepted()) == 4
+    assert lancepilot.peak_in_flight == 2  # the limit, never more
+    # The third and fourth messages wrote their records while the first two were at the
+    # provider, and were sent as soon as a slot was free: not after the first two's completion
+    # writes and their own record writes (latency + 2 writes, 0.8 s, if the writes held a slot).
+    first, _, third, _ = sorted(r.at for r in lancepilot.received)
+    assert third - first < latency + slow_writes
+
+
+def test_a_message_that_gets_no_slot_before_its_deadline_is_handed_back_unsent(
+    relay_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, aws: Any, lancepilot: Any
+) -> None:
+    from relay.batch import BATCH_MARGIN_SECONDS
+
+    monkeypatch.setenv("PROVIDER_CONCURRENCY", "1")
+    monkeypatch.setenv("HTTP_READ_TIMEOUT", "2.5")  # one attempt: 0.5 s connect + 2.5 s read
+    handler = load_function("delivery").lambda_handler
+    lancepilot.latency = 2.0  # the first send holds the only slot this long
+    try:
+        records = _records(aws, [lancepilot_message(text=str(i)) for i in range(2)])
+        # The Lambda's time, not the send budget, bounds these sends: a whole attempt and
+        # 0.3 s to spare once the margin is kept back. The message that does not get the slot
+        # may wait that long for it, not the 2 s until it is free.
+        context = LambdaContext(timeout_s=BATCH_MARGIN_SECONDS + 3.0 + 0.3)
+        answer = handler({"Records": records}, context)
+        time.sleep(lancepilot.latency + 0.3)  # a request sent late would be recorded by now
+    finally:
+        lancepilot.latency = 0.0
+    [handed_back] = answer["batchItemFailures"]
+    [unsent] = [r for r in records if r["messageId"] == handed_back["itemIdentifier"]]
+    [sent] = [r["body"] for r in records if r is not unsent]
+    assert [r.json["text"]["body"] for r in lancepilot.received] == [json.loads(sent)["text"]]
+    assert lancepilot.peak_in_flight == 1
+
+    # Nothing is lost: its idempotency record is gone, and its next receive delivers it.
+    again = dict(unsent, attributes={**unsent["attributes"], "ApproximateReceiveCount": "2"})
+    assert handler({"Records": [again]}, LambdaContext()) == {"batchItemFailures": []}
+    assert sorted(r.json["text"]["body"] for r in lancepilot.accepted()) == ["0", "1"]
+
+
+def test_waiting_for_a_slot_does_not_use_up_the_send_budget(
+    relay_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, aws: Any, lancepilot: Any
+) -> None:
+    monkeypatch.setenv("PROVIDER_CONCURRENCY", "1")
+    monkeypatch.setenv("SEND_BUDGET_SECONDS", "1")  # one attempt (0.5 + 0.5 s), no more
+    handler = load_function("delivery").lambda_handler
+    lancepilot.latency = 0.4  # each send holds the only slot this long
+    try:
+        records = _records(aws, [lancepilot_message(text=str(i)) for i in range(3)])
+        answer = handler({"Records": records}, LambdaContext())
+    finally:
+        lancepilot.latency = 0.0
+    # The third waited about 0.8 s for the slot, most of its budget, and still had all of it.
+    assert answer == {"batchItemFailures": []}
+    assert sorted(r.json["text"]["body"] for r in lancepilot.accepted()) == ["0", "1", "2"]
+    assert lancepilot.peak_in_flight == 1
