@@ -58,6 +58,9 @@ test: lint typecheck validate security ## lint, types, template, security scan a
 
 reliability: $(STAMP) ## 2,000 messages under seeded faults; prints docs/reliability.md's table
 	$(BIN)/python -m tests.reliability.harness --messages 2000 --seed 7
+	$(BIN)/pytest -q -s tests/reliability/test_crash_recovery.py  # prints its counts
+	$(BIN)/pytest -q --hypothesis-seed=7 --hypothesis-show-statistics \
+		tests/property tests/e2e/test_schemathesis.py  # examples and answers per test
 
 soak: $(STAMP) ## the same with 50,000 messages (about 40 minutes)
 	$(BIN)/python -m tests.reliability.harness --messages 50000 --seed 7

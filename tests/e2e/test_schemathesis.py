@@ -1,7 +1,8 @@
 """docs/openapi.yaml against `make run`'s stack: schemathesis generates requests from the document.
 
 Positive cases (bodies and headers the document allows), negative cases (bodies and headers it
-does not) and unauthenticated cases all go over real HTTP to `python -m relay_local`. Every
+does not) and unauthenticated cases all go over real HTTP to `python -m relay_local`, with a
+bearer key and, as the `webhookSignature` scheme says, signed (Standard Webhooks) instead. Every
 answer must be a documented status with a conforming JSON body and headers, and never a 5xx.
 A generated message that is also valid for libphonenumber is delivered to the sandbox provider
 (201) or queued (202): that is fine, the sandbox checks it against the provider's document.
@@ -9,7 +10,11 @@ A generated message that is also valid for libphonenumber is delivered to the sa
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import pytest
+import requests
 import schemathesis
 import urllib3
 import yaml
@@ -25,7 +30,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from relay_local.stack import DEV_API_KEY
+from relay.auth import TOLERANCE_SECONDS, sign
+from relay_local.stack import DEV_API_KEY, DEV_SIGNING_SECRET
 from tests.conftest import REPO
 from tests.e2e import local_stack
 from tests.property import examples
@@ -51,6 +57,52 @@ BOUNDED = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+
+class WebhookSignature(requests.auth.AuthBase):
+    """Sign the request as sent, by the document's `webhookSignature` scheme: `webhook-id`,
+    `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`
+    with one of the stack's `signing_secrets` (`make run`'s, printed at start)."""
+
+    def __init__(self, secret: str = DEV_SIGNING_SECRET, age: int = 0, tamper: bool = False):
+        self.secret, self.age, self.tamper = secret, age, tamper
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        body = request.body or b""
+        if isinstance(body, str):  # sent as these bytes, so that what is signed is what is sent
+            body = body.encode("utf-8", "surrogatepass")
+            request.body = body
+            request.headers["Content-Length"] = str(len(body))
+        msg_id = f"msg_{uuid.uuid4().hex}"  # a fresh one: an id reused for another body is 422
+        timestamp = int(time.time()) - self.age
+        signed = body + b" " if self.tamper else body
+        request.headers["webhook-id"] = msg_id
+        request.headers["webhook-timestamp"] = str(timestamp)
+        request.headers["webhook-signature"] = sign(self.secret, msg_id, timestamp, signed)
+        return request
+
+
+FOREIGN_SECRET = "whsec_c29tZW9uZS1lbHNlcy1zaWduaW5nLXNlY3JldA=="
+# How a request is signed; only the two in AUTHENTIC authenticate.
+SIGNINGS = {
+    "signed": WebhookSignature(),
+    "signed, with a wrong bearer key too": WebhookSignature(),
+    "signed 301 s ago": WebhookSignature(age=TOLERANCE_SECONDS + 1),
+    "signed 301 s ahead": WebhookSignature(age=-TOLERANCE_SECONDS - 1),
+    "signed with another secret": WebhookSignature(secret=FOREIGN_SECRET),
+    "signed over another body": WebhookSignature(tamper=True),
+}
+AUTHENTIC = {"signed", "signed, with a wrong bearer key too"}
+CREDENTIALS = {"authorization", "webhook-id", "webhook-timestamp", "webhook-signature"}
+
+
+def signed(case, how: str) -> dict:
+    """The transport arguments that sign ``case`` as ``how`` says, its own credentials gone."""
+    for name in list(case.headers or {}):
+        if name.lower() in CREDENTIALS:
+            del case.headers[name]
+    headers = {"Authorization": "Bearer not-a-key"} if "bearer" in how else None
+    return {"auth": SIGNINGS[how], "headers": headers}
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +161,33 @@ def test_without_credentials_every_request_is_401(relay_url, case):
     assert response.json()["message"].startswith("not authenticated")
     [challenge] = response.headers["www-authenticate"]
     assert challenge.startswith("Bearer")
+
+
+@pytest.mark.parametrize("how", list(SIGNINGS))
+@given(case=OPERATION.as_strategy())
+@settings(BOUNDED, max_examples=examples(10))
+def test_signed_requests_get_documented_answers(relay_url, case, how):
+    response = case.call_and_validate(base_url=relay_url, checks=CONFORMANCE, **signed(case, how))
+
+    event(f"status {response.status_code}")
+    if how in AUTHENTIC:
+        assert response.status_code in {201, 202, 409, 422}, response.text
+    else:
+        assert response.status_code == 401, response.text
+        assert response.json()["message"].startswith("not authenticated")
+
+
+@pytest.mark.parametrize("how", sorted(AUTHENTIC))
+@given(case=OPERATION.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+@settings(BOUNDED, max_examples=examples(15))
+def test_signed_undocumented_requests_are_refused_as_documented(relay_url, case, how):
+    response = case.call_and_validate(
+        base_url=relay_url, checks=[*CONFORMANCE, negative_data_rejection], **signed(case, how)
+    )
+
+    event(f"status {response.status_code}")
+    assert response.status_code < 500, response.text
+    assert response.status_code != 401, response.text  # the signature held, whatever the body
 
 
 def test_an_unknown_field_named_with_a_lone_surrogate_is_answered_422_over_http(relay_url):

@@ -3,6 +3,8 @@
 It never raises, answers a batchItemFailures list, and parks a body that is not a valid message
 in the dead-letter queue as ErrorKind invalid without calling a provider, even when valid
 messages share its batch (they are sent, once each, and carry nothing of the invalid ones).
+Every record ends delivered, parked or handed back, and on or after its last receive it is not
+handed back; receive counts run past the limit and attributes up to SQS's ten.
 """
 
 from __future__ import annotations
@@ -13,17 +15,24 @@ import json
 import re
 import uuid
 from collections import Counter
-from typing import Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from relay.errors import InvalidMessage, MalformedBody
 from relay.intake import load_json
 from relay.message import Defaults, parse_message
+from relay.queue_worker import QueueWorker, Redeliver
 from relay_local.lambda_runtime import LambdaContext
+from relay_local.sandbox import Fault
+from tests.conftest import WORKSPACE
 from tests.property import examples
 from tests.property.strategies import json_values, message_like, valid_messages
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:webhook-relay-DeliveryQueue"
 # SQS accepts only these characters in a body or a string attribute value.
@@ -93,6 +102,32 @@ def drain(sqs, url: str) -> list[dict]:
     return found
 
 
+@contextmanager
+def outcomes() -> Iterator[dict[str, list[str]]]:
+    """How ``QueueWorker.process`` ended for each message id: its outcome ("delivered",
+    "duplicate", "dead_lettered"), "handed back" (Redeliver), or the type of anything else."""
+    seen: dict[str, list[str]] = {}
+    real = QueueWorker.process
+
+    def watched(self, queued, message, deadline):
+        try:
+            outcome = real(self, queued, message, deadline)
+        except Redeliver:
+            seen.setdefault(queued.message_id, []).append("handed back")
+            raise
+        except BaseException as error:
+            seen.setdefault(queued.message_id, []).append(type(error).__name__)
+            raise
+        seen.setdefault(queued.message_id, []).append(outcome)
+        return outcome
+
+    QueueWorker.process = watched  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        QueueWorker.process = real  # type: ignore[method-assign]
+
+
 # Each example runs the delivery handler against moto and the sandboxes: few, and slow.
 BATCHES = settings(
     max_examples=examples(30),
@@ -101,35 +136,94 @@ BATCHES = settings(
 )
 
 
+EXAMPLE_BODY = json.dumps(
+    {"provider": "lancepilot", "to": "+14155550123", "text": "hi", "workspace": WORKSPACE}
+)
+TEN_ATTRIBUTES = {
+    "ErrorKind": {"dataType": "String", "stringValue": "permanent"},
+    "RelayId": {"dataType": "String", "stringValue": "relay-example"},
+    **{f"a{i}": {"dataType": "Number", "stringValue": str(i)} for i in range(8)},
+}
+
+# How the providers answer every request: normally, retryably (a message is handed back
+# before its last receive, parked as exhausted on it) or with a refusal (parked as permanent).
+ANSWERS = {
+    "normally": (None, None),
+    "503": (Fault.status(503), Fault.status(503)),
+    "a refusal": (
+        Fault.status(422, {"message": "Validation error", "errors": {}}),
+        Fault.status(400, {"message": "refused", "error": "Bad Request", "statusCode": 400}),
+    ),
+}
+
+
 @given(
     batch=st.lists(
         st.tuples(
-            bodies,
-            st.dictionaries(attribute_names, attribute_values, max_size=4),
-            st.integers(1, 3),
+            # Half valid messages, so that sends meet the providers' answers below.
+            valid_messages.map(json.dumps) | bodies,
+            # SQS's ten: with a reason's five, dead_letter must choose which to keep.
+            st.dictionaries(attribute_names, attribute_values, max_size=10),
+            # Up to and past the last receive (the aws fixture's MAX_RECEIVE_COUNT is 3).
+            st.integers(1, 6),
         ),
         min_size=1,
         max_size=3,
-    )
+    ),
+    answering=st.sampled_from(sorted(ANSWERS)),
 )
+# Always tried: a valid message with SQS's ten attributes, reserved names among them, parked on
+# its last receive (exhausted) and past it (permanent), so dead_letter must drop some of them.
+@example(batch=[(EXAMPLE_BODY, TEN_ATTRIBUTES, 3)], answering="503")
+@example(batch=[(EXAMPLE_BODY, TEN_ATTRIBUTES, 6)], answering="a refusal")
 @BATCHES
 def test_any_batch_is_answered_and_invalid_bodies_are_parked_without_a_send(
-    delivery, aws, lancepilot, fluents, batch
+    delivery, aws, lancepilot, fluents, batch, answering
 ):
     records = [record(body, attributes, count) for body, attributes, count in batch]
+    drain(aws.sqs, aws.dlq_url)  # nothing left over from an earlier (failed) example
     lancepilot.reset()
     fluents.reset()
+    for sandbox, fault in zip((lancepilot, fluents), ANSWERS[answering], strict=True):
+        sandbox.set_default(fault)
 
-    answer = delivery.handler({"Records": records}, LambdaContext())
+    with outcomes() as ended:
+        answer = delivery.handler({"Records": records}, LambdaContext())
 
     assert isinstance(answer, dict)
     failures = answer["batchItemFailures"]
     assert isinstance(failures, list)
     ids = {r["messageId"] for r in records}
-    assert {f["itemIdentifier"] for f in failures} <= ids
+    handed_back = {f["itemIdentifier"] for f in failures}
+    assert handed_back <= ids
     parked = drain(aws.sqs, aws.dlq_url)
     invalid = [r for r in records if is_invalid(r["body"])]
+    limit = aws.max_receive_count
+    last = [r for r, (*_, count) in zip(records, batch, strict=True) if count >= limit]
     event(f"{len(invalid)} of {len(records)} invalid, {len(failures)} handed back")
+    event(f"{len(last)} of {len(records)} on or after the last receive")
+    event(f"most attributes on a record: {max(len(r['messageAttributes']) for r in records)}")
+    event(f"providers answer {answering}")
+    # Each record went through the worker once and ended delivered, parked or handed back
+    # (no exception of another kind), as the batch answer says.
+    assert ended.keys() == ids, ended
+    for r in records:
+        [outcome] = ended[r["messageId"]]
+        assert outcome in {"delivered", "duplicate", "dead_lettered", "handed back"}, outcome
+        assert (outcome == "handed back") == (r["messageId"] in handed_back), (outcome, r)
+    assert len(parked) == Counter(o for [o] in ended.values())["dead_lettered"], parked
+    # On (or after) its last receive, a message is delivered or parked, never handed back.
+    for r in last:
+        assert ended[r["messageId"]] != ["handed back"], r
+    kinds = Counter(p["MessageAttributes"]["ErrorKind"]["StringValue"] for p in parked)
+    event("parked: " + (", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "none"))
+    for copy in parked:
+        assert len(copy.get("MessageAttributes", {})) <= 10, copy
+        assert copy["MessageAttributes"]["ErrorKind"]["StringValue"] in {
+            "invalid",
+            "permanent",
+            "exhausted",
+        }
     for r in invalid:
         assert r["messageId"] not in {f["itemIdentifier"] for f in failures}
         [copy] = [p for p in parked if p["Body"] == r["body"]][:1] or [None]

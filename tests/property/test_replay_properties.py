@@ -6,9 +6,9 @@ from __future__ import annotations
 import ast
 import inspect
 import json
-import time
 import uuid
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -206,9 +206,33 @@ def test_every_key_is_compared_so_timing_does_not_tell_which_matched(monkeypatch
     assert len(calls) == 3  # no early exit on the first match
 
 
-def test_timestamps_are_checked_before_any_hmac_work_is_trusted():
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "\u0661\u0662\u0663",  # Arabic-Indic digits: isdigit() but not ASCII
+        str(NOW - TOLERANCE_SECONDS - 1),  # stale
+        str(NOW + TOLERANCE_SECONDS + 1),  # from the future
+        "",
+        "-1",
+        "1795453200.0",
+        "0" * 13,  # longer than any timestamp the relay reads
+    ],
+)
+def test_a_bad_timestamp_is_refused_before_any_hmac_is_computed(monkeypatch, timestamp):
     body = b"{}"
-    now = time.time()
-    headers = signed_at(body, int(now))
-    headers["webhook-timestamp"] = "١٢٣"  # Arabic-Indic digits: isdigit() but not ASCII
-    assert not accepted(headers, body, now=now)
+    headers = {**signed_at(body, NOW), "webhook-timestamp": timestamp}
+    macs = []
+    real = auth.hmac.new
+
+    def counting(*args, **kwargs):
+        macs.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(auth.hmac, "new", counting)
+
+    assert not accepted(headers, body)
+    assert macs == [], "an HMAC was computed before the timestamp was refused"
+
+    # The same request with its good timestamp is checked against every signing key.
+    assert accepted(signed_at(body, NOW), body)
+    assert len(macs) == len(KEYS.signing_keys) + 1  # + 1: signed_at's own sign()
