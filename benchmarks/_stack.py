@@ -5,6 +5,7 @@ The API is small on purpose (``benchmarks/batch.py`` uses it too)::
     with BenchStack(latency=0.0, tracing=True) as stack:  # moto_server, 2 sandboxes, resources
         stack.env, stack.resources             # the relay's variables; queue URLs, table, secrets
         env = stack.process_env("delivery")    # the whole environ for a handler child process
+        stack.process_env("webhook", bytecode="none")  # ... its layer without bytecode (BYTECODE)
         stack.apply("delivery")                # ... or the same variables in this process
         stack.set_latency(0.05)                # provider answer delay (s), both sandboxes
         stack.reset(); stack.peak_in_flight()  # sandbox counters, per provider
@@ -22,6 +23,16 @@ invocation, as Lambda does; ``_child.py`` does it for child processes.
 
 ``BENCH_RELAY_ROOT=/path/to/copy`` points HANDLERS and the layer at a copy of the relay.
 
+The layer's bytecode (``process_env(..., bytecode=...)``, see BYTECODE): by default the layer's
+modules are the dev venv's, with the ``__pycache__`` the venv has written; "none" is a copy of
+the same files without any, as a layer built with no bytecode is on Lambda (/opt is read-only:
+each cold start compiles every module it imports); "shipped" is that copy compiled as the
+layer build does (``compileall --invalidation-mode unchecked-hash``, by this interpreter). Both
+copies run with PYTHONDONTWRITEBYTECODE, so every process starts as the first did. The floor's
+and the runtime's modules (boto3, botocore, urllib3, the standard library) keep their caches in
+all three, as the Lambda runtime ships its own with bytecode. (PYTHONPYCACHEPREFIX would not do:
+it moves every module's cache, the standard library's and botocore's too.)
+
 The handler environment mirrors ``relay_local.stack.DevStack`` (same variable names, the same
 moto resources from template.yaml via ``relay_local.resources``) plus template.yaml's Globals
 (POWERTOOLS_*) and the Lambda runtime's own variables. X-Ray tracing is on by default, as with
@@ -33,11 +44,14 @@ so segments are built and sent over UDP to a sink here, as they would be to Lamb
 from __future__ import annotations
 
 import ast
+import compileall
 import importlib.metadata
 import json
 import os
+import py_compile
 import re
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -87,6 +101,9 @@ TIMEOUTS = {"webhook": 28.0, "delivery": 60.0}
 # run_child(wrapper=CALLGRIND) counts a child's user-space instructions; COLLECTED finds the total
 CALLGRIND = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
 COLLECTED = re.compile(r"Collected : (\d+)")
+# The layer's bytecode in a child: the dev venv's caches; none (a layer built without bytecode,
+# on read-only /opt); shipped (compiled in the layer, unchecked-hash). See the module docstring.
+BYTECODE = ("cached", "none", "shipped")
 
 
 def instructions_counted(name: str, result: Mapping[str, Any]) -> int:
@@ -184,6 +201,19 @@ class BenchStack:
         _link_dists(Path(self._site.name) / "runtime", RUNTIME_DISTS)
         return self
 
+    def layer_dir(self, bytecode: str = "cached") -> Path:
+        """The layer's directory for children, with its bytecode as ``bytecode`` says."""
+        assert self._site is not None
+        site = Path(self._site.name)
+        if bytecode == "cached":
+            return site / "layer"
+        if bytecode not in BYTECODE:
+            raise ValueError(f"bytecode: one of {BYTECODE}, not {bytecode!r}")
+        target = site / f"layer-{bytecode}"
+        if not target.exists():
+            _copy_layer(site / "layer", target, compiled=bytecode == "shipped")
+        return target
+
     def stop(self) -> None:
         for sandbox in self.sandboxes.values():
             sandbox.stop()
@@ -252,23 +282,29 @@ class BenchStack:
             env["POWERTOOLS_TRACE_DISABLED"] = "true"  # as Tracing: PassThrough, or disabled
         return env
 
-    def process_env(self, function: str, tracing: bool | None = None) -> dict[str, str]:
+    def process_env(
+        self, function: str, tracing: bool | None = None, bytecode: str = "cached"
+    ) -> dict[str, str]:
         """A complete, clean environ for a ``PYTHON`` child running ``HANDLERS[function]``.
 
         PYTHONPATH is Lambda's order: the function's directory (/var/task), the layer
         (/opt/python), the runtime's boto3 (/var/runtime). The floors get no layer: they must
-        do without it.
+        do without it. ``bytecode``: the layer's, one of BYTECODE (the floors ignore it).
         """
         assert self._site is not None
         site = Path(self._site.name)
         paths = [str(HANDLERS[function].parent)]
+        extra: dict[str, str] = {}
         if not function.endswith("-floor"):
-            paths.append(str(site / "layer"))
+            paths.append(str(self.layer_dir(bytecode)))
+            if bytecode != "cached":
+                extra["PYTHONDONTWRITEBYTECODE"] = "1"  # as on read-only /opt: every run alike
         paths.append(str(site / "runtime"))
         keep = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
         return {
             **keep,
             **self.function_env(function, tracing),
+            **extra,
             "PYTHONPATH": os.pathsep.join(paths),
         }
 
@@ -312,6 +348,29 @@ class BenchStack:
 def _layer_dists() -> list[str]:
     lines = (LAYER / "requirements.txt").read_text().splitlines()
     return [line.split("==")[0].strip() for line in lines if line.strip() and line[0] != "#"]
+
+
+def _copy_layer(links: Path, target: Path, compiled: bool) -> None:
+    """Copy the layer (a directory of symlinks, see _link_dists) as files, leaving out every
+    ``__pycache__``; ``compiled``: then compile it as layers/relay/Makefile does (for this
+    interpreter's version)."""
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    target.mkdir(parents=True)
+    for entry in links.iterdir():
+        source = entry.resolve()
+        if source.is_dir():
+            shutil.copytree(source, target / entry.name, ignore=skip)
+        elif source.suffix != ".pyc":
+            shutil.copy2(source, target / entry.name)
+    if compiled:
+        done = compileall.compile_dir(
+            target,
+            quiet=1,
+            workers=0,
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        )
+        if not done:
+            raise RuntimeError(f"compileall failed in {target}")
 
 
 def _link_dists(
@@ -519,11 +578,36 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
+def git_revision() -> dict[str, Any]:
+    """The commit measured (HEAD of RELAY_ROOT's checkout, and of the benchmarks' when that is
+    another) and whether its work tree had changes (``git status --porcelain``, untracked files
+    included): a dirty result measured code that no commit holds."""
+
+    def of(root: Path) -> dict[str, Any]:
+        def git(*args: str) -> str:
+            done = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+            )
+            return done.stdout.strip()
+
+        try:
+            return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+        except (OSError, subprocess.CalledProcessError):
+            return {"commit": None, "dirty": None}
+
+    found = of(RELAY_ROOT)
+    if RELAY_ROOT != REPO:
+        bench = of(REPO)
+        found |= {"bench_commit": bench["commit"], "bench_dirty": bench["dirty"]}
+    return found
+
+
 def write_result(path: str | Path, data: Mapping[str, Any]) -> Path:
     """Write ``data`` as JSON (with the machine's basics) and return the path."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
+        **git_revision(),
         "python": sys.version.split()[0],
         "platform": sys.platform,
         "cpus": os.cpu_count(),

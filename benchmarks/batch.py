@@ -18,9 +18,13 @@ not validate phone numbers, emit metrics or log; the relay does all three.
 
 X-Ray is on for both, as deployed (Tracing: Active): Powertools' Tracer is live and the X-Ray
 SDK sends its segments to a local UDP sink; ``--no-tracing`` turns it off for both. The JSON
-keeps every run with what says where its time went: AWS calls per operation and their durations,
-when the provider requests arrived, and the CPU used here and in moto_server. Absolute times are
-local ones: moto_server is Python, serialises concurrent calls, and answers each on a new
+keeps every run with what says where its time went: AWS calls per operation (one call's
+median duration, their durations added up, and the span from the first's start to the last's
+end), when the provider requests arrived, the peak in flight per provider, and the CPU used here
+and in moto_server; each cell's timeline is one run's (the median one), so its figures add up.
+The meta has the commit and whether the tree was dirty. Absolute times are local ones:
+moto_server is Python (one thread per request, all under one GIL, and relay_local.moto_server
+takes one lock around each SQS call and DynamoDB write) and answers each request on a new
 connection (``Connection: close``); DynamoDB does neither.
 """
 
@@ -34,6 +38,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
@@ -240,7 +245,11 @@ class Run:
     per_provider: dict[str, int]  # messages per provider
     peak_in_flight: dict[str, int]  # most requests a sandbox answered at once
     aws_calls: dict[str, int]  # operation -> calls during the invocation
-    aws_call_ms: dict[str, float]  # operation -> median duration of one call
+    aws_call_ms: dict[str, float]  # operation -> median duration of ONE call (not a total)
+    aws_call_total_ms: dict[str, float]  # operation -> its calls' durations added up
+    # operation -> [first call's start, last call's end], ms from the handler's start: with
+    # concurrent calls the span, not the total, is the time they took out of the batch
+    aws_call_span_ms: dict[str, list[float]]
     first_send_ms: float | None  # first provider request's arrival, from the handler's start
     last_send_ms: float | None  # last provider request's arrival
     cpu_ms: float  # CPU of this process during the call: the handler, and the sandboxes' threads
@@ -324,8 +333,11 @@ class Bench:
         failures = len((answer or {}).get("batchItemFailures", []))
         arrivals = sorted(r.at for s in self.stack.sandboxes.values() for r in s.received)
         durations: dict[str, list[float]] = defaultdict(list)
+        spans: dict[str, list[float]] = {}
         for operation, began, done in calls:
             durations[operation].append((done - began) * 1000)
+            first, last = spans.get(operation, (began, done))
+            spans[operation] = [min(first, began), max(last, done)]
         run = Run(
             pattern=pattern,
             mix=mix,
@@ -338,6 +350,10 @@ class Bench:
             peak_in_flight=self.stack.peak_in_flight(),
             aws_calls={op: len(d) for op, d in sorted(durations.items())},
             aws_call_ms={op: round(statistics.median(d), 2) for op, d in sorted(durations.items())},
+            aws_call_total_ms={op: round(sum(d), 2) for op, d in sorted(durations.items())},
+            aws_call_span_ms={
+                op: [round((t - started) * 1000, 2) for t in spans[op]] for op in sorted(spans)
+            },
             first_send_ms=round((arrivals[0] - started) * 1000, 2) if arrivals else None,
             last_send_ms=round((arrivals[-1] - started) * 1000, 2) if arrivals else None,
             cpu_ms=round(cpu * 1000, 1),
@@ -425,6 +441,7 @@ def measure(
     return {
         "meta": {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            **_checkout(),
             "python": platform.python_version(),
             "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
             "load_average_before": [round(x, 2) for x in load_before],
@@ -439,6 +456,32 @@ def measure(
         },
         "runs": [asdict(run) for run in bench.runs],
         "cells": summarise(bench.runs, limit),
+    }
+
+
+def _checkout() -> dict[str, Any]:
+    """The commit measured, and whether the working tree differed from it (and where)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args], capture_output=True, text=True, check=True, timeout=30
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout
+
+    head, status = git("rev-parse", "HEAD"), git("status", "--porcelain")
+    changed = [line[3:] for line in (status or "").splitlines()]
+    return {
+        "commit": head.strip() if head else None,
+        "dirty": bool(changed) if status is not None else None,
+        # What the run's code could differ in: the layer, the functions, the harness.
+        "dirty_paths": [
+            path
+            for path in changed
+            if path.startswith(("layers/", "functions/", "benchmarks/", "local/"))
+        ],
     }
 
 
@@ -484,32 +527,30 @@ def summarise(runs: list[Run], limit: int) -> list[dict[str, Any]]:
 
 
 def _timeline(runs: list[Run]) -> dict[str, Any]:
-    """Where a cell's time goes (medians): AWS calls and when provider requests arrived."""
-    operations = sorted({op for r in runs for op in r.aws_calls})
+    """Where the time went in ONE run, the cell's median by handler time (the lower of the two
+    middle ones for an even count): every figure here is from that run, none a median of
+    others, so they add up. ``aws_call_ms`` is the median of one call's duration;
+    ``aws_call_total_ms`` adds the calls' durations up (they overlap when concurrent);
+    ``aws_call_span_ms`` is from the first call's start to the last one's end."""
+    run = sorted(runs, key=lambda r: r.ms)[(len(runs) - 1) // 2]
     return {
-        "aws_calls": {
-            op: statistics.median(r.aws_calls.get(op, 0) for r in runs) for op in operations
-        },
-        "aws_call_ms": {
-            op: _round(statistics.median(r.aws_call_ms[op] for r in runs if op in r.aws_call_ms))
-            for op in operations
-        },
-        "first_send_ms": _median_or_none([r.first_send_ms for r in runs]),
-        "last_send_ms": _median_or_none([r.last_send_ms for r in runs]),
-        "cpu_ms": _round(statistics.median(r.cpu_ms for r in runs)),
-        "moto_cpu_ms": _round(statistics.median(r.moto_cpu_ms for r in runs)),
-        "end_ms": _round(statistics.median(r.ms for r in runs)),
+        "rep": run.rep,
+        "aws_calls": run.aws_calls,
+        "aws_call_ms": run.aws_call_ms,
+        "aws_call_total_ms": run.aws_call_total_ms,
+        "aws_call_span_ms": run.aws_call_span_ms,
+        "first_send_ms": run.first_send_ms,
+        "last_send_ms": run.last_send_ms,
+        "peak_in_flight": {p: run.peak_in_flight[p] for p in run.per_provider},
+        "cpu_ms": run.cpu_ms,
+        "moto_cpu_ms": run.moto_cpu_ms,
+        "end_ms": run.ms,
     }
 
 
 def _cell_order(item: tuple[tuple[str, int, int], Any]) -> tuple[int, int, int]:
     (mix, size, latency), _ = item
     return (MIXES.index(mix), latency, size)
-
-
-def _median_or_none(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return _round(statistics.median(present)) if present else None
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
@@ -571,19 +612,24 @@ def targets(result: dict[str, Any]) -> str:
                 f"{hundred['relay_over_bound']}x the concurrency bound ({hundred['bound_ms']} ms)"
             )
     for mix in MIXES:
-        cell = cells.get((mix, 10, 200))
-        timeline = cell and cell.get("relay_timeline")
-        if timeline:
-            calls = ", ".join(
-                f"{op} {n:g}x ~{timeline['aws_call_ms'][op]} ms"
-                for op, n in timeline["aws_calls"].items()
-            )
-            out.append(
-                f"- relay, 10 messages at 200 ms ({mix}): first provider request at "
-                f"{timeline['first_send_ms']} ms, last at {timeline['last_send_ms']} ms, handler "
-                f"returned at {timeline['end_ms']} ms; AWS calls: {calls or 'none'}; CPU: "
-                f"{timeline['cpu_ms']} ms here, {timeline['moto_cpu_ms']} ms in moto_server"
-            )
+        for size in (10, 100):
+            cell = cells.get((mix, size, 200))
+            timeline = cell and cell.get("relay_timeline")
+            if timeline:
+                calls = ", ".join(
+                    f"{op} {n}x (one ~{timeline['aws_call_ms'][op]} ms, "
+                    f"{timeline['aws_call_total_ms'][op]} ms added up, from "
+                    f"{timeline['aws_call_span_ms'][op][0]} to "
+                    f"{timeline['aws_call_span_ms'][op][1]} ms)"
+                    for op, n in timeline["aws_calls"].items()
+                )
+                out.append(
+                    f"- relay, {size} messages at 200 ms ({mix}), the median run (rep "
+                    f"{timeline['rep']}): provider requests arrived from "
+                    f"{timeline['first_send_ms']} to {timeline['last_send_ms']} ms, handler "
+                    f"returned at {timeline['end_ms']} ms; AWS calls: {calls or 'none'}; CPU: "
+                    f"{timeline['cpu_ms']} ms here, {timeline['moto_cpu_ms']} ms in moto_server"
+                )
     return "\n".join(out)
 
 

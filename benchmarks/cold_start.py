@@ -1,7 +1,7 @@
 """Cold start: a fresh Python process, from exec to each handler's first answer, vs. the floor.
 
-    python -m benchmarks.cold_start --quick          # 3 rounds, about 20 s
-    python -m benchmarks.cold_start                  # 45 rounds, about 2 minutes
+    python -m benchmarks.cold_start --quick          # 3 rounds, 1 count each: about 4 minutes
+    python -m benchmarks.cold_start                  # 45 rounds, 3 counts: about 15 minutes
 
 Each round starts one fresh process per variant (relay and floor interleaved, order reversed
 every other round so drift cancels) against the same moto_server and loopback providers (zero
@@ -18,6 +18,14 @@ records ``time.perf_counter()`` on its first line and at each phase:
 ``spawn→answer`` is the parent's clock from just before exec to the answer's arrival. The relay
 runs as deployed (X-Ray tracing active, see _stack.py) and also with tracing off, to show what
 tracing costs. ``python -X importtime`` of each handler's imports is summarized at the end.
+
+Bytecode (``_stack.BYTECODE``): /opt is read-only on Lambda, so the layer's modules load from
+whatever bytecode the layer ships, or are compiled at every cold start. "webhook" and "delivery"
+run as deployed: the layer's bytecode compiled in it (unchecked-hash, as layers/relay/Makefile
+builds it). ", no bytecode" is a layer built without (no CPython 3.13 at build time): each of its
+modules compiled in the cold start. ", dev caches" is the dev venv's own ``__pycache__`` (how this
+benchmark measured before). The floors, and the runtime's boto3, botocore, urllib3 and standard
+library, keep their bytecode throughout: the Lambda runtime ships its own compiled.
 """
 
 from __future__ import annotations
@@ -48,14 +56,18 @@ from benchmarks._stack import (
 )
 
 TARGET = 1.25  # relay cold start <= 1.25 x the floor's
-# name: (handler, traced, floor to compare with)
-VARIANTS: dict[str, tuple[str, bool, str | None]] = {
-    "webhook": ("webhook", True, "webhook-floor"),
-    "webhook-floor": ("webhook-floor", False, None),
-    "webhook, tracing off": ("webhook", False, "webhook-floor"),
-    "delivery": ("delivery", True, "delivery-floor"),
-    "delivery-floor": ("delivery-floor", False, None),
-    "delivery, tracing off": ("delivery", False, "delivery-floor"),
+# name: (handler, traced, floor to compare with, the layer's bytecode: see _stack.BYTECODE)
+VARIANTS: dict[str, tuple[str, bool, str | None, str]] = {
+    "webhook": ("webhook", True, "webhook-floor", "shipped"),
+    "webhook-floor": ("webhook-floor", False, None, "cached"),
+    "webhook, tracing off": ("webhook", False, "webhook-floor", "shipped"),
+    "webhook, no bytecode": ("webhook", True, "webhook-floor", "none"),
+    "webhook, dev caches": ("webhook", True, "webhook-floor", "cached"),
+    "delivery": ("delivery", True, "delivery-floor", "shipped"),
+    "delivery-floor": ("delivery-floor", False, None, "cached"),
+    "delivery, tracing off": ("delivery", False, "delivery-floor", "shipped"),
+    "delivery, no bytecode": ("delivery", True, "delivery-floor", "none"),
+    "delivery, dev caches": ("delivery", True, "delivery-floor", "cached"),
 }
 PHASES = (
     "startup_s",
@@ -92,10 +104,10 @@ def measure(stack: BenchStack, rounds: int, delivery_batch: int) -> dict[str, li
     for round_number in range(rounds):
         order = names if round_number % 2 == 0 else names[::-1]
         for name in order:
-            handler, traced, _ = VARIANTS[name]
+            handler, traced, _, bytecode = VARIANTS[name]
             result = run_child(
                 HANDLERS[handler],
-                stack.process_env(handler, tracing=traced),
+                stack.process_env(handler, tracing=traced, bytecode=bytecode),
                 [event_for(handler, round_number, delivery_batch)],
                 mode="cold",
                 tracing=traced,
@@ -119,10 +131,10 @@ def instructions(stack: BenchStack, rounds: int, delivery_batch: int) -> dict[st
     which the wall-clock ratio includes."""
     counts: dict[str, list[int]] = defaultdict(list)
     for round_number in range(rounds):
-        for name, (handler, traced, _) in VARIANTS.items():
+        for name, (handler, traced, _, bytecode) in VARIANTS.items():
             result = run_child(
                 HANDLERS[handler],
-                stack.process_env(handler, tracing=traced),
+                stack.process_env(handler, tracing=traced, bytecode=bytecode),
                 [event_for(handler, 1000 + round_number, delivery_batch)],
                 mode="cold",
                 tracing=traced,
@@ -135,14 +147,16 @@ def instructions(stack: BenchStack, rounds: int, delivery_batch: int) -> dict[st
     return counts
 
 
-def importtime(stack: BenchStack, handler: str, repeats: int) -> dict[str, dict[str, float]]:
+def importtime(
+    stack: BenchStack, handler: str, repeats: int, bytecode: str = "shipped"
+) -> dict[str, dict[str, float]]:
     """``python -X importtime`` of the handler's import statements: per module, the median
     self and cumulative microseconds over ``repeats`` fresh processes, and its depth."""
     samples: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
     for _ in range(repeats):
         done = subprocess.run(
             [*PYTHON, "-X", "importtime", "-c", import_statements(HANDLERS[handler])],
-            env=stack.process_env(handler),
+            env=stack.process_env(handler, bytecode=bytecode),
             capture_output=True,
             text=True,
             check=True,
@@ -214,6 +228,10 @@ def main() -> None:
             name: importtime(stack, name, repeats)
             for name in ("webhook", "webhook-floor", "delivery", "delivery-floor")
         }
+        uncompiled = {
+            name: importtime(stack, name, repeats, bytecode="none")
+            for name in ("webhook", "delivery")
+        }
         trace_datagrams = stack.trace_datagrams
         counts = instructions(stack, counted, args.delivery_batch) if counted else {}
 
@@ -222,7 +240,7 @@ def main() -> None:
         for name, results in runs.items()
     }
     rows, verdicts = [], {}
-    for name, (_, _, floor) in VARIANTS.items():
+    for name, (_, _, floor, _) in VARIANTS.items():
         s = summary[name]
         ratio = ratio_cpu = None
         if floor is not None:
@@ -266,6 +284,10 @@ def main() -> None:
         "webhook": import_report(imports["webhook"], imports["webhook-floor"]),
         "delivery": import_report(imports["delivery"], imports["delivery-floor"]),
     }
+    for name in ("webhook", "delivery"):
+        bare = import_report(uncompiled[name], imports[f"{name}-floor"])
+        reports[name]["no_bytecode_total_self_ms"] = bare["total_self_ms"]
+        reports[name]["no_bytecode_relay_only_by_package_ms"] = bare["relay_only_by_package_ms"]
     out = write_result(
         args.out,
         {
@@ -290,7 +312,7 @@ def main() -> None:
     if counts:
         print(f"\n### Instructions to the first answer (callgrind, {counted} run(s) each)\n")
         table = []
-        for name, (_, _, floor) in VARIANTS.items():
+        for name, (_, _, floor, _) in VARIANTS.items():
             ratio_i = verdicts[name]["ratio_instructions"] if floor is not None else None
             table.append(
                 [
@@ -308,7 +330,8 @@ def main() -> None:
         print(
             f"floor {report['floor_total_self_ms']:.0f} ms; modules {report['modules']} vs ", end=""
         )
-        print(f"{report['floor_modules']})\n")
+        print(f"{report['floor_modules']}; without bytecode: self total ", end="")
+        print(f"{report['no_bytecode_total_self_ms']:.0f} ms)\n")
         top = [
             [r["module"], r["depth"], f"{r['cumulative_ms']:.1f}"] for r in report["top_cumulative"]
         ]
@@ -316,6 +339,9 @@ def main() -> None:
         extra = list(report["relay_only_by_package_ms"].items())[:8]
         print("\nImported by the relay only (self ms, by package): ", end="")
         print(", ".join(f"{package} {value:.0f}" for package, value in extra))
+        bare = list(report["no_bytecode_relay_only_by_package_ms"].items())[:8]
+        print("The same without bytecode: ", end="")
+        print(", ".join(f"{package} {value:.0f}" for package, value in bare))
     print(f"\nX-Ray segments received from traced runs: {trace_datagrams}. Wrote {out}")
 
 

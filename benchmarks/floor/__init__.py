@@ -16,7 +16,8 @@ What they skip, on purpose (the relay's cost over the floor includes all of it):
 * full number validation (``phonenumbers``): the floors check the E.164 shape only;
 * Standard Webhooks signatures (the floors accept bearer keys only), content-type checks;
 * retries with backoff and deadlines (``DeadlineRetry``): one attempt, bounded by timeouts;
-* the webhook's ``Prefer: respond-async`` path (no SQS client) and its lookup of the other
-  path's idempotency record (the relay's GetItem before each keyed send);
+* the webhook's ``Prefer: respond-async`` path (no SQS client). (On the happy path the relay,
+  like the floors, takes the idempotency record with one conditional put and makes no read
+  before the send: one record per key, whichever way the request went.)
 * the delivery function's per-provider concurrency limits and remaining-time guard.
 """
