@@ -73,8 +73,8 @@ bench: $(BENCH_STAMP) ## benchmarks and chart for docs/performance.md (about 35 
 	$(BIN)/python -m benchmarks.build
 	$(BIN)/python -m benchmarks.chart
 
-build: $(STAMP) ## sam build for python3.13/arm64 without a container
-	$(BIN)/sam build
+build: $(STAMP) ## sam build for python3.13/arm64 without a container (bytecode required)
+	LAYER_BYTECODE=required $(BIN)/sam build
 
 deploy: build ## sam deploy (add ENV=prod for the prod config)
 	$(BIN)/sam deploy --config-env $(or $(ENV),default)

@@ -203,8 +203,9 @@ def _move_task_safe(args: argparse.Namespace, target: Target, dlq_url: str) -> b
     reasons = []
     if found.unkeyed:
         reasons.append(
-            f"{found.unkeyed} have no RelayId (the task would give them new message ids, and "
-            "the relay would not recognise one it delivered)"
+            f"{found.unkeyed} carry no key (no RelayId, IdempotencyKey or idempotency_key: "
+            "the task would give them new message ids, and the relay would not recognise one "
+            "it delivered)"
         )
     if found.stale and not key_ttl.include_stale:
         reasons.append(f"{found.stale} are older than --key-ttl (the task cannot hold them back)")

@@ -10,6 +10,7 @@ that long, which has to be short enough to wait out before running again.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ KEY_TTL_SECONDS = 14 * 24 * 60 * 60
 POLL_SECONDS = 5.0  # between ListMessageMoveTasks calls while following a move task
 BATCH = 10  # SQS's most per receive and per batch call
 MAX_BATCH_BYTES = 256 * 1024  # SQS's batch payload limit (the older, smaller one: safe anywhere)
+MAX_ATTRIBUTES = 10  # SQS's limit per message
 ERROR_PREFIX = "Error"  # ErrorKind, ErrorStatus, ErrorMessage: this dead-lettering's reason
 # What an endpoint answers for an action it does not have (moto_server, older emulators).
 UNSUPPORTED = {
@@ -110,8 +112,21 @@ class DeadLetter:
 
     @property
     def keyed(self) -> bool:
-        """Whether it carries a RelayId (the delivery function writes one on all it parks)."""
-        return bool((self.attribute("RelayId") or "").strip())
+        """Whether the relay would recognise it under a new message id (a redrive, a move
+        task): it has a RelayId (the delivery function writes one on all it parks), an
+        IdempotencyKey attribute, or an ``idempotency_key`` in its body."""
+        return bool(
+            (self.attribute("RelayId") or "").strip()
+            or (self.attribute("IdempotencyKey") or "").strip()
+            or self._body_key()
+        )
+
+    def _body_key(self) -> bool:
+        try:
+            parsed = json.loads(self.body)
+        except ValueError:
+            return False
+        return isinstance(parsed, dict) and isinstance(parsed.get("idempotency_key"), str)
 
     @property
     def relay_id(self) -> str:
@@ -123,11 +138,18 @@ class DeadLetter:
         """
         return (self.attribute("RelayId") or "").strip() or self.message_id
 
+    @property
+    def unkeyable(self) -> bool:
+        """Not keyed, and no room for a RelayId: it holds SQS's ten attributes already."""
+        kept = [name for name in self.attributes if not name.startswith(ERROR_PREFIX)]
+        return not self.keyed and len(kept) >= MAX_ATTRIBUTES
+
     def redrive_attributes(self) -> dict[str, MessageAttributeValueTypeDef]:
         """The attributes to send it back with: all but the Error* reason, and a RelayId.
 
         RelayId and IdempotencyKey stay, so the relay recognises a message it already delivered;
-        one without a RelayId gets ``relay_id`` (a redrive gives it a new message id).
+        one the relay could not otherwise recognise gets ``relay_id`` (a redrive gives it a
+        new message id).
         """
         kept: dict[str, MessageAttributeValueTypeDef] = {}
         for name, value in self.attributes.items():
@@ -437,11 +459,12 @@ class RedriveSummary:
     released: int = 0  # received, not moved, made visible again at the end
     stale: int = 0  # selected, but older than the key TTL: held back unless include_stale
     include_stale: bool = False
+    unkeyable: int = 0  # selected, but no key and no room for a RelayId: always held back
 
     @property
     def held_back(self) -> int:
-        """Stale dead letters left on the DLQ."""
-        return 0 if self.include_stale else self.stale
+        """Dead letters left on the DLQ: stale ones, and those that cannot get a RelayId."""
+        return (0 if self.include_stale else self.stale) + self.unkeyable
 
     @property
     def ok(self) -> bool:
@@ -493,12 +516,21 @@ def redrive(
     # The relay ids this run sent: the delivery function may park a message again (still
     # invalid, still refused) while the run goes on, and sending that copy back would loop.
     # A re-parked copy carries the RelayId it was sent with (every message is sent with one).
+    # Only a copy parked after the run began: two copies of one message share a RelayId (a
+    # webhook retry), and the one still waiting from before is redriven like any other.
     sent: set[str] = set()
+    started = utc_now()
     scan = Scan(sqs, dlq_url, max_hold, notice)
     try:
         with scan:
             for batch in scan:
-                again = [letter for letter in batch if letter.relay_id in sent]
+                again = [
+                    letter
+                    for letter in batch
+                    if letter.relay_id in sent
+                    and letter.sent_at is not None
+                    and letter.sent_at >= started
+                ]
                 summary.parked_again += len(again)
                 rest = [letter for letter in batch if letter not in again]
                 chosen = [letter for letter in rest if selection.matches(letter)]
@@ -509,6 +541,9 @@ def redrive(
                 summary.stale += len(stale)
                 if not ttl.include_stale:
                     chosen = [letter for letter in chosen if letter not in stale]
+                unkeyable = [letter for letter in chosen if letter.unkeyable]
+                summary.unkeyable += len(unkeyable)
+                chosen = [letter for letter in chosen if letter not in unkeyable]
                 if summary.dry_run:
                     summary.moved += len(chosen)
                 else:

@@ -104,10 +104,16 @@ def summary(done: RedriveSummary) -> str:
         f"{moved} {done.moved}, skipped {done.skipped} (filtered out, made visible again), "
         f"failed {done.failed}"
     ]
-    if done.held_back:
+    if done.stale and not done.include_stale:
         lines.append(
-            f"held back: {done.held_back} older than --key-ttl (left on the DLQ; "
+            f"held back: {done.stale} older than --key-ttl (left on the DLQ; "
             "--include-stale redrives them)"
+        )
+    if done.unkeyable:
+        lines.append(
+            f"held back: {done.unkeyable} with no key and SQS's ten attributes already, so no "
+            "room for the RelayId that keeps a delivered one from going out again (left on the "
+            "DLQ; remove an attribute and redrive it by hand)"
         )
     if done.not_deleted:
         lines.append(

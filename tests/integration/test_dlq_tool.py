@@ -438,6 +438,42 @@ def test_a_message_dead_lettered_again_during_the_run_is_left_alone(
     assert visible(queues, queues.queue_url) == 3
 
 
+def test_two_copies_of_one_message_parked_before_the_run_are_both_redriven(relay, queues):
+    # A webhook retry queues a second copy under the first's RelayId; both were parked before
+    # this run. Ten others between them put the second copy in a later batch than the first.
+    park(queues, {"text": "copy"}, "exhausted", relay_id="relay-twice")
+    for i in range(10):
+        park(queues, {"text": str(i)}, "exhausted", relay_id=f"relay-{i}")
+    park(queues, {"text": "copy"}, "exhausted", relay_id="relay-twice")
+
+    code, out, _ = relay("redrive", "--all", "--yes", "--quiet")
+
+    assert code == 0, out
+    assert "moved 12" in out
+    assert "dead-lettered again" not in out
+    assert visible(queues, queues.dlq_url) == 0
+
+
+def test_a_dead_letter_with_no_key_and_no_room_for_one_is_held_back(relay, queues):
+    ten = {f"Producer{i}": {"DataType": "String", "StringValue": str(i)} for i in range(10)}
+    for body in ({"text": "no key"}, {"text": "keyed", "idempotency_key": "k-1"}):
+        queues.sqs.send_message(
+            QueueUrl=queues.dlq_url, MessageBody=json.dumps(body), MessageAttributes=ten
+        )
+
+    code, out, _ = relay("redrive", "--all", "--yes", "--quiet")
+
+    assert code == 1
+    assert "moved 1" in out
+    assert "held back: 1 with no key" in out
+    # The keyed one went as it was: its body's key is what the relay recognises it by.
+    [moved] = take_all(queues, queues.queue_url)
+    assert json.loads(moved["Body"])["idempotency_key"] == "k-1"
+    assert strings(moved) == {name: value["StringValue"] for name, value in ten.items()}
+    [left] = take_all(queues, queues.dlq_url)
+    assert json.loads(left["Body"]) == {"text": "no key"}
+
+
 def test_usage_errors_exit_2(relay, queues, three):
     assert relay("redrive", "--yes")[0] == 2  # nothing selected
     assert relay("redrive", "--all", "--kind", "invalid", "--yes")[0] == 2
@@ -1070,7 +1106,7 @@ def test_a_delivered_message_the_queue_dead_lettered_is_not_delivered_again(
     code, out, err = relay("redrive", "--all", "--yes")
 
     assert (code, "moved 1" in out) == (0, True), err
-    assert "1 have no RelayId" in err
+    assert "1 carry no key" in err
     assert starts == []  # the move task would give it a new message id
     [redriven] = aws.sqs.receive_message(
         QueueUrl=aws.queue_url, VisibilityTimeout=0, MessageAttributeNames=["All"]

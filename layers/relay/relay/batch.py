@@ -11,7 +11,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from relay.config import PROVIDERS
+from relay.config import LANE_THREADS_PER_SLOT, PROVIDERS
 from relay.errors import RelayError
 from relay.observability import logger
 from relay.queue_worker import Redeliver
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 # Kept back from the Lambda's remaining time after a send: the idempotency write and a
 # dead-letter send or visibility change (each bounded), and returning the batch's result.
 BATCH_MARGIN_SECONDS = 1.0 + 2 * AWS_CALL_LIMIT_SECONDS
-# Threads per provider for each send it may have in flight (see send_lanes).
-LANE_THREADS_PER_SLOT = 2
 
 
 def send_lanes(settings: Settings) -> dict[ProviderName | None, Executor]:

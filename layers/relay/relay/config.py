@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 ProviderName = Literal["lancepilot", "fluents"]
 PROVIDERS: tuple[ProviderName, ...] = ("lancepilot", "fluents")
+# A batch's threads per request a provider may have in flight (relay.batch.send_lanes).
+LANE_THREADS_PER_SLOT = 2
 
 
 class ConfigError(ValueError):
@@ -48,6 +50,11 @@ class Settings(NamedTuple):
     provider_concurrency: int = 10
     redelivery_base: float = 30.0
     redelivery_max: float = 900.0
+
+    @property
+    def batch_threads(self) -> int:
+        """Threads an SQS batch may run at once (relay.batch.send_lanes), each with AWS calls."""
+        return (LANE_THREADS_PER_SLOT * len(PROVIDERS) + 1) * self.provider_concurrency
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

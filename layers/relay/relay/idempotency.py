@@ -27,7 +27,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 
 from relay.errors import DependencyUnavailable, InvalidMessage, RelayError
 from relay.observability import logger
-from relay.secrets import FAST_FAIL
+from relay.secrets import pooled
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -58,8 +58,10 @@ class InProgress(RelayError):
 class Idempotency:
     """The idempotency table and settings; ``once`` makes a function run once per key."""
 
-    def __init__(self, session: boto3.session.Session, table: str, ttl_seconds: int) -> None:
-        client = session.client("dynamodb", config=FAST_FAIL)
+    def __init__(
+        self, session: boto3.session.Session, table: str, ttl_seconds: int, threads: int = 1
+    ) -> None:
+        client = session.client("dynamodb", config=pooled(threads))
         self.config = IdempotencyConfig(
             event_key_jmespath="key",
             payload_validation_jmespath="message",

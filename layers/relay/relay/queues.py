@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from relay.errors import DependencyUnavailable
-from relay.secrets import FAST_FAIL
+from relay.secrets import pooled
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -26,8 +26,13 @@ class Queues:
     """Sends to the delivery queue and the dead-letter queue; changes a message's visibility."""
 
     def __init__(
-        self, session: boto3.session.Session, delivery_url: str | None, dead_letter_url: str | None
+        self,
+        session: boto3.session.Session,
+        delivery_url: str | None,
+        dead_letter_url: str | None,
+        threads: int = 1,
     ) -> None:
+        self._threads = threads
         self.delivery_url = delivery_url
         self.dead_letter_url = dead_letter_url
         # Created on first use: most invocations never touch SQS (a sync webhook request, a
@@ -41,7 +46,7 @@ class Queues:
         if self._client is None:
             with self._lock:  # boto3 sessions are not thread-safe: one creation at a time
                 if self._client is None:
-                    self._client = self._session.client("sqs", config=FAST_FAIL)
+                    self._client = self._session.client("sqs", config=pooled(self._threads))
         return self._client
 
     def enqueue(self, body: str, attributes: Mapping[str, str]) -> str:

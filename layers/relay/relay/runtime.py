@@ -49,8 +49,18 @@ class Relay(NamedTuple):
             defaults=Defaults.from_settings(settings),
             credentials=credentials,
             deliverer=Deliverer(settings, Transport(settings), credentials),
-            queues=Queues(session, settings.delivery_queue_url, settings.dead_letter_queue_url),
-            idempotency=Idempotency(session, settings.idempotency_table, settings.idempotency_ttl),
+            queues=Queues(
+                session,
+                settings.delivery_queue_url,
+                settings.dead_letter_queue_url,
+                threads=settings.batch_threads,
+            ),
+            idempotency=Idempotency(
+                session,
+                settings.idempotency_table,
+                settings.idempotency_ttl,
+                threads=settings.batch_threads,
+            ),
         )
 
     def service(self) -> MessageService:

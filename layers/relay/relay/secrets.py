@@ -23,16 +23,18 @@ if TYPE_CHECKING:
 # Bounded AWS calls (Secrets Manager, SQS, DynamoDB): a hiccup becomes a quick 503 or a
 # retry, not a Lambda timeout. botocore's defaults would allow minutes.
 _CONNECT, _READ, _ATTEMPTS = 1.0, 2.0, 2
-# A batch's threads (relay.batch.send_lanes: 2 x PROVIDER_CONCURRENCY per provider, plus the
-# invalid lane) write their records at once; past the pool's size botocore drops a connection
-# after each call and the next one pays a new TLS handshake. 64 covers the default of 10.
 FAST_FAIL = Config(
-    connect_timeout=_CONNECT,
-    read_timeout=_READ,
-    retries={"total_max_attempts": _ATTEMPTS},
-    max_pool_connections=64,
+    connect_timeout=_CONNECT, read_timeout=_READ, retries={"total_max_attempts": _ATTEMPTS}
 )
 AWS_CALL_LIMIT_SECONDS = (_CONNECT + _READ) * _ATTEMPTS  # the longest one such call can take
+
+
+def pooled(threads: int) -> Config:
+    """FAST_FAIL for a client that ``threads`` threads call at once (Settings.batch_threads):
+    past the pool's size botocore drops a connection after each call, and the next call pays
+    a new TLS handshake."""
+    return FAST_FAIL.merge(Config(max_pool_connections=max(10, threads)))
+
 
 # After a failed fetch, calls fail at once for this long instead of asking again: a batch's
 # threads then cost Secrets Manager one attempt, not one each. Shorter than the 5 s Retry-After

@@ -176,21 +176,25 @@ class Transport:
     def slot(self, url: str, deadline: float) -> Iterator[float]:
         """Hold one of the slots of ``url``'s provider; yields the send's deadline.
 
-        Waits only while a whole attempt would still fit after the wait (a send is started
-        with at least that much time, relay.batch); raises OutOfTime
-        past that (every slot stayed busy). Inside
-        ``sends_end_by`` the deadline is taken once the slot is held.
+        Inside ``sends_end_by`` (an SQS batch) a send waits for a slot only while a whole
+        attempt would still fit before the batch's end, and its deadline is taken once the slot
+        is held; otherwise (the webhook, one request per process) until ``deadline``. Raises
+        OutOfTime, with nothing sent, when no slot comes in time.
         """
         s = self._settings
+        one_attempt = min(s.send_budget, s.connect_timeout + s.read_timeout)
         end: float | None = getattr(_thread, "end", None)
-        latest = (deadline if end is None else end) - min(
-            s.send_budget, s.connect_timeout + s.read_timeout
-        )
+        wait = (deadline if end is None else end - one_attempt) - time.monotonic()
         held = self._slot(url)
-        if not held.acquire(timeout=max(0.0, latest - time.monotonic())):
+        if wait < 0 or not held.acquire(timeout=wait):
             raise OutOfTime
         try:
-            yield deadline if end is None else min(time.monotonic() + s.send_budget, end)
+            if end is not None:
+                now = time.monotonic()
+                if end - now < one_attempt:  # the wait ran over
+                    raise OutOfTime
+                deadline = min(now + s.send_budget, end)
+            yield deadline
         finally:
             held.release()
 
