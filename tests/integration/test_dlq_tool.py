@@ -25,7 +25,7 @@ from relay_local.lambda_runtime import LambdaContext
 from relay_local.sandbox import Fault
 from relay_ops import dlq
 from relay_ops.cli import main
-from tests.conftest import lancepilot_message
+from tests.conftest import bearer, lancepilot_message
 
 PHONE = "+14155550123"  # lancepilot_message's recipient: must never show in list output
 
@@ -1117,4 +1117,35 @@ def test_a_delivered_message_the_queue_dead_lettered_is_not_delivered_again(
     delivery.poll_once()  # the real handler, with the redriven message
 
     assert len(lancepilot.received) == 1  # recognised as delivered: not sent again
+    assert visible(aws, aws.dlq_url) == visible(aws, aws.queue_url) == 0
+
+
+def test_a_webhook_queued_message_delivered_then_parked_is_not_sent_again_when_redriven(
+    relay, webhook, delivery, aws, lancepilot
+):
+    headers = {**bearer(), "Prefer": "respond-async", "Idempotency-Key": "order-42"}
+    assert webhook.post(lancepilot_message(text="queued"), headers=headers).status == 202
+    [queued] = aws.sqs.receive_message(
+        QueueUrl=aws.queue_url, VisibilityTimeout=0, MessageAttributeNames=["All"]
+    )["Messages"]
+    assert strings(queued)["QueuedBy"] == "webhook"
+    delivery.poll_once()
+    assert len(lancepilot.received) == 1
+    # A copy of it on the DLQ as the delivery function parks one: its own attributes and a
+    # reason (say its send was ambiguous on every receive, though one had got through).
+    reason = {"ErrorKind": "exhausted", "ErrorMessage": "gave up after 5 receives: timeout"}
+    aws.sqs.send_message(
+        QueueUrl=aws.dlq_url,
+        MessageBody=queued["Body"],
+        MessageAttributes={
+            **queued["MessageAttributes"],
+            **{name: {"DataType": "String", "StringValue": v} for name, v in reason.items()},
+        },
+    )
+
+    code, out, err = relay("redrive", "--all", "--yes", "--quiet")
+    assert (code, "moved 1" in out) == (0, True), err
+    delivery.poll_once()
+
+    assert len(lancepilot.received) == 1  # kept under its relay id: recognised, not resent
     assert visible(aws, aws.dlq_url) == visible(aws, aws.queue_url) == 0
