@@ -28,7 +28,13 @@ ARTIFACTS = ("RelayLayer", "WebhookFunction", "DeliveryFunction")
 
 def sam_build(into: Path) -> None:
     sam = Path(sys.executable).parent / "sam"
-    env = {**os.environ, "SAM_CLI_TELEMETRY": "0", "PYTHON": sys.executable}
+    # As make build does it: the layer with its python3.13 bytecode, or no build.
+    env = {
+        **os.environ,
+        "SAM_CLI_TELEMETRY": "0",
+        "PYTHON": sys.executable,
+        "LAYER_BYTECODE": "required",
+    }
     subprocess.run(
         [str(sam), "build", "--build-dir", str(into), "--cache-dir", str(into.parent / "cache")],
         cwd=REPO,
@@ -40,7 +46,12 @@ def sam_build(into: Path) -> None:
 
 
 def files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    """Every file the artifact ships, its bytecode (__pycache__) included."""
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def bytecode(root: Path) -> list[Path]:
+    return [p for p in files(root) if "__pycache__" in p.parts]
 
 
 def zipped_bytes(root: Path) -> int:
@@ -70,6 +81,8 @@ def measure(build: Path) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
             "files": len(files(root)),
             "bytes": sum(p.stat().st_size for p in files(root)),
             "zipped_bytes": zipped_bytes(root),
+            "bytecode_files": len(bytecode(root)),
+            "bytecode_bytes": sum(p.stat().st_size for p in bytecode(root)),
         }
     return artifacts, breakdown(build / "RelayLayer" / "python")
 
@@ -103,9 +116,15 @@ def main() -> None:
     print("## sam build artifacts\n")
     print(
         markdown_table(
-            ["artifact", "files", "unzipped (KB)", "zipped (KB)"],
+            ["artifact", "files", "unzipped (KB)", "zipped (KB)", "of which bytecode (files / KB)"],
             [
-                [name, a["files"], f"{a['bytes'] / kb:,.0f}", f"{a['zipped_bytes'] / kb:,.0f}"]
+                [
+                    name,
+                    a["files"],
+                    f"{a['bytes'] / kb:,.0f}",
+                    f"{a['zipped_bytes'] / kb:,.0f}",
+                    f"{a['bytecode_files']} / {a['bytecode_bytes'] / kb:,.0f}",
+                ]
                 for name, a in artifacts.items()
             ],
         )
@@ -117,6 +136,8 @@ def main() -> None:
         )
     )
     print(f"\nPackages the runtime already has, found in the layer: {runtime or 'none'}")
+    if not artifacts["RelayLayer"]["bytecode_files"]:
+        raise SystemExit("the layer was built without its bytecode")
     print(f"\nWrote {out}")
     if runtime:
         raise SystemExit("the layer ships what the Lambda runtime already has")
