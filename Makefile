@@ -75,6 +75,9 @@ bench: $(BENCH_STAMP) ## benchmarks and chart for docs/performance.md (about 35 
 
 build: $(STAMP) ## sam build for python3.13/arm64 without a container (bytecode required)
 	LAYER_BYTECODE=required $(BIN)/sam build
+	@# sam build's cache is keyed on the layer's files, not on LAYER_BYTECODE: check the result.
+	@ls .aws-sam/build/RelayLayer/python/relay/__pycache__/*.cpython-313.pyc >/dev/null 2>&1 \
+		|| { echo "the built layer has no python3.13 bytecode (a cached bare sam build?): rm -rf .aws-sam, then make build" >&2; exit 1; }
 
 deploy: build ## sam deploy (add ENV=prod for the prod config)
 	$(BIN)/sam deploy --config-env $(or $(ENV),default)

@@ -101,6 +101,8 @@ def main() -> None:
             build = Path(scratch) / "build"
             sam_build(build)
         artifacts, layer = measure(build)
+    if not artifacts["RelayLayer"]["bytecode_files"]:
+        raise SystemExit("the layer was built without its bytecode: nothing written")
     runtime = [p for p in IN_RUNTIME if p in layer]
     out = write_result(
         args.out,
@@ -136,8 +138,6 @@ def main() -> None:
         )
     )
     print(f"\nPackages the runtime already has, found in the layer: {runtime or 'none'}")
-    if not artifacts["RelayLayer"]["bytecode_files"]:
-        raise SystemExit("the layer was built without its bytecode")
     print(f"\nWrote {out}")
     if runtime:
         raise SystemExit("the layer ships what the Lambda runtime already has")

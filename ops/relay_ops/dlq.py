@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -44,6 +44,7 @@ POLL_SECONDS = 5.0  # between ListMessageMoveTasks calls while following a move 
 BATCH = 10  # SQS's most per receive and per batch call
 MAX_BATCH_BYTES = 256 * 1024  # SQS's batch payload limit (the older, smaller one: safe anywhere)
 MAX_ATTRIBUTES = 10  # SQS's limit per message
+CLOCK_SKEW_SECONDS = 30  # how far this machine's clock may run ahead of SQS's
 ERROR_PREFIX = "Error"  # ErrorKind, ErrorStatus, ErrorMessage: this dead-lettering's reason
 # What an endpoint answers for an action it does not have (moto_server, older emulators).
 UNSUPPORTED = {
@@ -138,18 +139,22 @@ class DeadLetter:
         """
         return (self.attribute("RelayId") or "").strip() or self.message_id
 
+    def _room(self) -> bool:
+        """Whether a RelayId fits beside the attributes it is redriven with (SQS allows ten)."""
+        kept = [name for name in self.attributes if not name.startswith(ERROR_PREFIX)]
+        return len(kept) < MAX_ATTRIBUTES
+
     @property
     def unkeyable(self) -> bool:
         """Not keyed, and no room for a RelayId: it holds SQS's ten attributes already."""
-        kept = [name for name in self.attributes if not name.startswith(ERROR_PREFIX)]
-        return not self.keyed and len(kept) >= MAX_ATTRIBUTES
+        return not self.keyed and not self._room()
 
     def redrive_attributes(self) -> dict[str, MessageAttributeValueTypeDef]:
         """The attributes to send it back with: all but the Error* reason, and a RelayId.
 
         RelayId and IdempotencyKey stay, so the relay recognises a message it already delivered;
-        one the relay could not otherwise recognise gets ``relay_id`` (a redrive gives it a
-        new message id).
+        one without a RelayId gets ``relay_id`` where it fits (a redrive gives it a new message
+        id): the relay's key for one with no other, and what the run's loop guard knows it by.
         """
         kept: dict[str, MessageAttributeValueTypeDef] = {}
         for name, value in self.attributes.items():
@@ -162,7 +167,7 @@ class DeadLetter:
             if "BinaryValue" in value:
                 copy["BinaryValue"] = value["BinaryValue"]
             kept[name] = copy
-        if not self.keyed:
+        if "RelayId" not in kept and self._room():
             kept["RelayId"] = {"DataType": "String", "StringValue": self.relay_id}
         return kept
 
@@ -416,7 +421,7 @@ def find(
 class Survey:
     """What a scan of the whole DLQ found that SQS's move task would mishandle."""
 
-    unkeyed: int = 0  # without RelayId: the task would give them new message ids
+    unkeyed: int = 0  # with no key: the task would give them new message ids
     stale: int = 0  # older than the key TTL: the task cannot hold them back
     incomplete: bool = False  # the scan stopped short: the counts are a lower bound
 
@@ -515,11 +520,15 @@ def redrive(
     wanted = set(selection.ids)
     # The relay ids this run sent: the delivery function may park a message again (still
     # invalid, still refused) while the run goes on, and sending that copy back would loop.
-    # A re-parked copy carries the RelayId it was sent with (every message is sent with one).
+    # A re-parked copy carries the RelayId it was sent with (every message with room for one
+    # is sent with one).
     # Only a copy parked after the run began: two copies of one message share a RelayId (a
     # webhook retry), and the one still waiting from before is redriven like any other.
     sent: set[str] = set()
-    started = utc_now()
+    # SentTimestamp is SQS's clock, utc_now ours: a machine running up to this far ahead still
+    # sees a copy parked during the run as parked again (a copy parked just before the run
+    # may be left on the DLQ too, and reported: the safe side).
+    started = utc_now() - timedelta(seconds=CLOCK_SKEW_SECONDS)
     scan = Scan(sqs, dlq_url, max_hold, notice)
     try:
         with scan:

@@ -438,20 +438,74 @@ def test_a_message_dead_lettered_again_during_the_run_is_left_alone(
     assert visible(queues, queues.queue_url) == 3
 
 
-def test_two_copies_of_one_message_parked_before_the_run_are_both_redriven(relay, queues):
-    # A webhook retry queues a second copy under the first's RelayId; both were parked before
-    # this run. Ten others between them put the second copy in a later batch than the first.
-    park(queues, {"text": "copy"}, "exhausted", relay_id="relay-twice")
-    for i in range(10):
-        park(queues, {"text": str(i)}, "exhausted", relay_id=f"relay-{i}")
-    park(queues, {"text": "copy"}, "exhausted", relay_id="relay-twice")
+def test_two_copies_of_one_message_parked_before_the_run_are_both_redriven(
+    relay, queues, monkeypatch
+):
+    # A webhook retry queues a second copy under the first's RelayId; both were parked a
+    # minute before this run (by the tool's clock), and each receive takes one message, so the
+    # second copy comes after the first was sent.
+    for _ in range(2):
+        park(queues, {"text": "copy"}, "exhausted", relay_id="relay-twice")
+    now = datetime.now(dlq.UTC) + timedelta(minutes=1)
+    monkeypatch.setattr(dlq, "utc_now", lambda: now)
+    receives = one_at_a_time(monkeypatch)
 
     code, out, _ = relay("redrive", "--all", "--yes", "--quiet")
 
+    assert receives[:2] == [1, 1]  # two batches: the guard was asked about the second copy
     assert code == 0, out
-    assert "moved 12" in out
+    assert "moved 2" in out
     assert "dead-lettered again" not in out
     assert visible(queues, queues.dlq_url) == 0
+
+
+def test_a_copy_parked_again_during_the_run_is_left_alone_whatever_its_key(
+    relay, queues, monkeypatch
+):
+    # A letter keyed by its producer's IdempotencyKey alone (no RelayId, as the queue's
+    # redrive policy leaves one) is sent back with a RelayId, so its copy parked again by the
+    # delivery function (which writes the RelayId it was sent with) is known.
+    queues.sqs.send_message(
+        QueueUrl=queues.dlq_url,
+        MessageBody=json.dumps({"text": "refused again"}),
+        MessageAttributes={"IdempotencyKey": {"DataType": "String", "StringValue": "order-7"}},
+    )
+    real = BaseClient._make_api_call
+
+    def call(self, name, params):
+        answer = real(self, name, params)
+        if name == "SendMessageBatch":
+            for entry in params["Entries"]:
+                relay_id = entry["MessageAttributes"]["RelayId"]["StringValue"]
+                park(queues, entry["MessageBody"], "permanent", relay_id=relay_id)
+        return answer
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", call)
+
+    code, out, _ = relay("redrive", "--all", "--yes", "--quiet")
+
+    assert code == 0
+    assert "moved 1" in out
+    assert "dead-lettered again while redriving: 1" in out
+    [left] = take_all(queues, queues.dlq_url)
+    assert strings(left)["ErrorKind"] == "permanent"
+
+
+def one_at_a_time(monkeypatch) -> list[int]:
+    """Every ReceiveMessage asks for one message; the sizes of what each returned."""
+    real = BaseClient._make_api_call
+    sizes: list[int] = []
+
+    def call(self, name, params):
+        if name == "ReceiveMessage":
+            params = {**params, "MaxNumberOfMessages": 1}
+        answer = real(self, name, params)
+        if name == "ReceiveMessage":
+            sizes.append(len(answer.get("Messages", [])))
+        return answer
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", call)
+    return sizes
 
 
 def test_a_dead_letter_with_no_key_and_no_room_for_one_is_held_back(relay, queues):

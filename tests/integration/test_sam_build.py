@@ -20,7 +20,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 EM_AARCH64 = 183
 # importlib.util.MAGIC_NUMBER of CPython 3.13 (every 3.13.x): what the runtime accepts.
 MAGIC_313 = (3571).to_bytes(2, "little") + b"\r\n"
-NO_BYTECODE = "WARNING: layer built WITHOUT bytecode"
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +81,7 @@ def test_layer_bytecode(site: Path, build: tuple[Path, str]) -> None:
     """Each module's bytecode for python3.13, hash-checked against its source but never
     re-validated at run time (unchecked-hash), none stale or extra."""
     pycs = sorted(site.rglob("*.py[co]"))
-    assert NO_BYTECODE not in build[1]
+    assert "layer: bytecode by" in build[1]  # the build says which 3.13 compiled it
     sources = sorted(site.rglob("*.py"))
     assert len(sources) > 500
     expected = {s.parent / "__pycache__" / f"{s.stem}.cpython-313.pyc" for s in sources}
@@ -156,3 +155,37 @@ def test_built_template_points_at_artifacts(build_dir: Path) -> None:
     assert "ContentUri: RelayLayer" in text
     assert "CodeUri: WebhookFunction" in text
     assert "CodeUri: DeliveryFunction" in text
+
+
+def test_a_layer_build_that_requires_bytecode_fails_without_a_compiler(tmp_path: Path) -> None:
+    """No CPython 3.13 and no reachable npm registry for Pyodide: with LAYER_BYTECODE=required
+    the layer's Makefile fails and says why, rather than ship a layer that compiles itself at
+    every cold start."""
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "npm_config_registry": "http://127.0.0.1:9",  # nothing listens: npm ci fails at once
+        "npm_config_fetch_retries": "0",
+    }
+    result = subprocess.run(
+        [
+            "make",
+            "-s",
+            "-C",
+            str(REPO_ROOT / "layers" / "relay"),
+            "build-RelayLayer",
+            f"ARTIFACTS_DIR={tmp_path / 'artifacts'}",
+            "PYTHON313_CANDIDATES=",
+            f"PYODIDE_DIR={tmp_path / 'pyodide'}",
+            "LAYER_BYTECODE=required",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "ERROR: LAYER_BYTECODE=required" in result.stderr
+    assert not list((tmp_path / "artifacts").rglob("*.pyc"))
+    assert not (tmp_path / "pyodide").exists()  # no half-installed cache left behind
