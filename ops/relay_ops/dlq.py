@@ -601,6 +601,8 @@ def _move(
     succeeded = answer.get("Successful", [])
     for entry in succeeded:
         relay_ids.add(letters[int(entry["Id"])].relay_id)  # the RelayId it was sent with
+        # Sent without one (no room), it is parked again under its new message id.
+        relay_ids.add(entry["MessageId"])
     summary.failed += len(letters) - len(succeeded)
     for failure in answer.get("Failed", []):
         letter = letters[int(failure["Id"])]

@@ -166,6 +166,7 @@ def test_a_layer_build_that_requires_bytecode_fails_without_a_compiler(tmp_path:
         "PYTHON": sys.executable,
         "npm_config_registry": "http://127.0.0.1:9",  # nothing listens: npm ci fails at once
         "npm_config_fetch_retries": "0",
+        "npm_config_cache": str(tmp_path / "npm-cache"),  # not a cached Pyodide either
     }
     result = subprocess.run(
         [
