@@ -16,7 +16,7 @@ import pytest
 from moto import mock_aws
 
 from relay_local import moto_server, resources
-from relay_local.esm import EventSourceMapping
+from relay_local.esm import EventSourceMapping, event_record
 from relay_local.lambda_runtime import LambdaContext, load_function
 from relay_local.sandbox import ProviderSandbox
 
@@ -39,6 +39,21 @@ AUTH_SECRET = "webhook-relay/auth"
 
 def load_event(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())
+
+
+def received_records(aws: Any, count: int) -> list[dict[str, Any]]:
+    """Receive ``count`` messages from the delivery queue, shaped as the event source would."""
+    arn = aws.sqs.get_queue_attributes(QueueUrl=aws.queue_url, AttributeNames=["QueueArn"])
+    records: list[dict[str, Any]] = []
+    while len(records) < count:
+        for message in aws.sqs.receive_message(
+            QueueUrl=aws.queue_url,
+            MaxNumberOfMessages=min(10, count - len(records)),
+            MessageSystemAttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        ).get("Messages", []):
+            records.append(event_record(message, arn["Attributes"]["QueueArn"]))
+    return records
 
 
 @pytest.fixture(autouse=True)

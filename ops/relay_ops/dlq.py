@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -119,9 +120,10 @@ class DeadLetter:
         return bool(
             (self.attribute("RelayId") or "").strip()
             or (self.attribute("IdempotencyKey") or "").strip()
-            or self._body_key()
+            or self._body_key
         )
 
+    @cached_property  # keyed is asked by the survey, the redrive and its attributes
     def _body_key(self) -> bool:
         try:
             parsed = json.loads(self.body)

@@ -13,26 +13,27 @@ from typing import Any
 
 import pytest
 
-from relay_local.esm import event_record
 from relay_local.lambda_runtime import LambdaContext, load_function
-from tests.conftest import handler_session, lancepilot_message
+from tests.conftest import handler_session, lancepilot_message, received_records
 
 
-def _records(aws: Any, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Queue ``bodies`` and receive them back as the event source would shape them."""
-    for body in bodies:
-        aws.sqs.send_message(QueueUrl=aws.queue_url, MessageBody=json.dumps(body))
-    arn = aws.sqs.get_queue_attributes(QueueUrl=aws.queue_url, AttributeNames=["QueueArn"])
-    records: list[dict[str, Any]] = []
-    while len(records) < len(bodies):
-        for message in aws.sqs.receive_message(
-            QueueUrl=aws.queue_url,
-            MaxNumberOfMessages=10,
-            MessageSystemAttributeNames=["All"],
-            MessageAttributeNames=["All"],
-        ).get("Messages", []):
-            records.append(event_record(message, arn["Attributes"]["QueueArn"]))
-    return records
+def _run_batch(
+    aws: Any, lancepilot: Any, count: int, latency: float, context: LambdaContext | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Queue ``count`` Lancepilot messages (texts "0", "1", ...) and hand them as one batch to
+    a freshly loaded delivery handler while Lancepilot answers after ``latency``; the records
+    and the handler's answer."""
+    handler = load_function("delivery").lambda_handler
+    for i in range(count):
+        aws.sqs.send_message(
+            QueueUrl=aws.queue_url, MessageBody=json.dumps(lancepilot_message(text=str(i)))
+        )
+    lancepilot.latency = latency
+    try:
+        records = received_records(aws, count)
+        return records, handler({"Records": records}, context or LambdaContext())
+    finally:
+        lancepilot.latency = 0.0
 
 
 @pytest.fixture
@@ -61,13 +62,8 @@ def test_idempotency_writes_do_not_hold_a_provider_slot(
     lancepilot: Any,
 ) -> None:
     monkeypatch.setenv("PROVIDER_CONCURRENCY", "2")
-    handler = load_function("delivery").lambda_handler
-    latency = lancepilot.latency = 0.3
-    try:
-        records = _records(aws, [lancepilot_message(text=str(i)) for i in range(4)])
-        answer = handler({"Records": records}, LambdaContext())
-    finally:
-        lancepilot.latency = 0.0
+    latency = 0.3
+    _, answer = _run_batch(aws, lancepilot, 4, latency)
     assert answer == {"batchItemFailures": []}
     assert len(lancepilot.accepted()) == 4
     assert lancepilot.peak_in_flight == 2  # the limit, never more
@@ -85,19 +81,13 @@ def test_a_message_that_gets_no_slot_before_its_deadline_is_handed_back_unsent(
 
     monkeypatch.setenv("PROVIDER_CONCURRENCY", "1")
     monkeypatch.setenv("HTTP_READ_TIMEOUT", "2.5")  # one attempt: 0.5 s connect + 2.5 s read
-    handler = load_function("delivery").lambda_handler
-    lancepilot.latency = 2.0  # the first send holds the only slot this long
-    try:
-        records = _records(aws, [lancepilot_message(text=str(i)) for i in range(2)])
-        # The Lambda's time, not the send budget, bounds these sends: a whole attempt and
-        # 1 s to spare once the margin is kept back (room for the first message's record write
-        # on a loaded machine). The message that does not get the slot may wait that long for
-        # it, not the 2 s until it is free.
-        context = LambdaContext(timeout_s=BATCH_MARGIN_SECONDS + 3.0 + 1.0)
-        answer = handler({"Records": records}, context)
-        time.sleep(lancepilot.latency + 0.3)  # a request sent late would be recorded by now
-    finally:
-        lancepilot.latency = 0.0
+    # The Lambda's time, not the send budget, bounds these sends: a whole attempt and 1 s to
+    # spare once the margin is kept back (room for the first message's record write on a
+    # loaded machine). The message that does not get the slot may wait that long for it, not
+    # the 2 s the first send holds it.
+    context = LambdaContext(timeout_s=BATCH_MARGIN_SECONDS + 3.0 + 1.0)
+    records, answer = _run_batch(aws, lancepilot, 2, latency=2.0, context=context)
+    time.sleep(2.3)  # a request sent late would be recorded by now
     [handed_back] = answer["batchItemFailures"]
     [unsent] = [r for r in records if r["messageId"] == handed_back["itemIdentifier"]]
     [sent] = [r["body"] for r in records if r is not unsent]
@@ -106,6 +96,7 @@ def test_a_message_that_gets_no_slot_before_its_deadline_is_handed_back_unsent(
 
     # Nothing is lost: its idempotency record is gone, and its next receive delivers it.
     again = dict(unsent, attributes={**unsent["attributes"], "ApproximateReceiveCount": "2"})
+    handler = load_function("delivery").lambda_handler
     assert handler({"Records": [again]}, LambdaContext()) == {"batchItemFailures": []}
     assert sorted(r.json["text"]["body"] for r in lancepilot.accepted()) == ["0", "1"]
 
@@ -115,13 +106,7 @@ def test_waiting_for_a_slot_does_not_use_up_the_send_budget(
 ) -> None:
     monkeypatch.setenv("PROVIDER_CONCURRENCY", "1")
     monkeypatch.setenv("SEND_BUDGET_SECONDS", "1")  # one attempt (0.5 + 0.5 s), no more
-    handler = load_function("delivery").lambda_handler
-    lancepilot.latency = 0.4  # each send holds the only slot this long
-    try:
-        records = _records(aws, [lancepilot_message(text=str(i)) for i in range(3)])
-        answer = handler({"Records": records}, LambdaContext())
-    finally:
-        lancepilot.latency = 0.0
+    _, answer = _run_batch(aws, lancepilot, 3, latency=0.4)  # each send holds the slot 0.4 s
     # The third waited about 0.8 s for the slot, most of its budget, and still had all of it.
     assert answer == {"batchItemFailures": []}
     assert sorted(r.json["text"]["body"] for r in lancepilot.accepted()) == ["0", "1", "2"]

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from relay_local.esm import EventSourceMapping, event_record
+from relay_local.esm import EventSourceMapping
 from relay_local.lambda_runtime import LambdaContext, load_function
 from relay_local.sandbox import Fault
-from tests.conftest import fluents_message, lancepilot_message, load_event
+from tests.conftest import fluents_message, lancepilot_message, load_event, received_records
 
 
 def send(aws, body, **attributes: str) -> str:
@@ -95,7 +95,7 @@ def test_defaults_apply_to_queued_messages_too(relay_env, monkeypatch, aws, flue
     monkeypatch.setenv("FLUENTS_FROM_NUMBER", "+12025550143")
     handler = load_function("delivery").lambda_handler
     send(aws, {"to": "+14155550123", "text": "hi"})
-    event = {"Records": [_record(aws)]}
+    event = {"Records": received_records(aws, 1)}
 
     assert handler(event, LambdaContext()) == {"batchItemFailures": []}
     assert fluents.accepted()[0].json["from_number"] == "+12025550143"
@@ -243,7 +243,7 @@ def test_a_message_is_never_deleted_without_a_home(relay_env, monkeypatch, aws, 
         Fault.status(404, {"message": "no", "error": "Not Found", "statusCode": 404})
     )
     message_id = send(aws, fluents_message())
-    event = {"Records": [_record(aws)]}
+    event = {"Records": received_records(aws, 1)}
 
     answer = handler(event, LambdaContext())
 
@@ -289,7 +289,7 @@ def test_concurrency_is_bounded_per_provider(relay_env, monkeypatch, aws, lancep
         for i in range(6):
             send(aws, lancepilot_message(text=str(i)))
         send(aws, fluents_message())
-        records = [_record(aws) for _ in range(7)]
+        records = received_records(aws, 7)
         answer = handler({"Records": records}, LambdaContext())
     finally:
         lancepilot.latency = 0.0
@@ -309,7 +309,7 @@ def test_a_record_without_an_id_fails_the_batch_before_anything_is_sent(relay_en
     handler = load_function("delivery").lambda_handler
     for i in range(3):
         send(aws, lancepilot_message(text=str(i)))
-    records = [_record(aws) for _ in range(3)]
+    records = received_records(aws, 3)
     del records[2]["messageId"]
 
     with pytest.raises(KeyError):
@@ -373,17 +373,6 @@ def test_a_refused_message_can_be_sent_again_after_a_fix(delivery, aws, lancepil
     assert len(lancepilot.accepted()) == 1
 
 
-def _record(aws) -> dict:
-    """Receive one message and shape it as the event source would."""
-    [message] = aws.sqs.receive_message(
-        QueueUrl=aws.queue_url,
-        MessageSystemAttributeNames=["All"],
-        MessageAttributeNames=["All"],
-    )["Messages"]
-    arn = aws.sqs.get_queue_attributes(QueueUrl=aws.queue_url, AttributeNames=["QueueArn"])
-    return event_record(message, arn["Attributes"]["QueueArn"])
-
-
 def test_an_unsaved_success_record_does_not_send_the_message_again(
     relay_env, failing_aws_call, aws, lancepilot
 ):
@@ -435,7 +424,7 @@ def test_failing_to_park_on_the_last_receive_hands_the_message_back(
     handler = load_function("delivery").lambda_handler
     lancepilot.set_default(Fault.status(503))
     message_id = send(aws, lancepilot_message())
-    record = _record(aws)
+    [record] = received_records(aws, 1)
     record["attributes"]["ApproximateReceiveCount"] = str(aws.max_receive_count)
 
     answer = handler({"Records": [record]}, LambdaContext())

@@ -414,20 +414,26 @@ def test_a_failed_send_deletes_nothing(relay, queues, three, monkeypatch):
     assert visible(queues, queues.dlq_url) == 3  # nothing lost, all visible again
 
 
-def test_a_message_dead_lettered_again_during_the_run_is_left_alone(
-    relay, queues, three, monkeypatch
-):
+def parked_again_at_once(monkeypatch, queues, kind: str) -> None:
+    """As the delivery function would, park each message the tool sends again at once, as
+    ``kind``, under the RelayId it was sent with."""
     real = BaseClient._make_api_call
 
     def call(self, name, params):
         answer = real(self, name, params)
-        if name == "SendMessageBatch":  # the delivery function parks each one again at once
+        if name == "SendMessageBatch":
             for entry in params["Entries"]:
                 relay_id = entry["MessageAttributes"]["RelayId"]["StringValue"]
-                park(queues, entry["MessageBody"], "invalid", relay_id=relay_id)
+                park(queues, entry["MessageBody"], kind, relay_id=relay_id)
         return answer
 
     monkeypatch.setattr(BaseClient, "_make_api_call", call)
+
+
+def test_a_message_dead_lettered_again_during_the_run_is_left_alone(
+    relay, queues, three, monkeypatch
+):
+    parked_again_at_once(monkeypatch, queues, "invalid")
 
     code, out, _ = relay("redrive", "--all", "--yes", "--quiet")
 
@@ -470,17 +476,7 @@ def test_a_copy_parked_again_during_the_run_is_left_alone_whatever_its_key(
         MessageBody=json.dumps({"text": "refused again"}),
         MessageAttributes={"IdempotencyKey": {"DataType": "String", "StringValue": "order-7"}},
     )
-    real = BaseClient._make_api_call
-
-    def call(self, name, params):
-        answer = real(self, name, params)
-        if name == "SendMessageBatch":
-            for entry in params["Entries"]:
-                relay_id = entry["MessageAttributes"]["RelayId"]["StringValue"]
-                park(queues, entry["MessageBody"], "permanent", relay_id=relay_id)
-        return answer
-
-    monkeypatch.setattr(BaseClient, "_make_api_call", call)
+    parked_again_at_once(monkeypatch, queues, "permanent")
 
     code, out, _ = relay("redrive", "--all", "--yes", "--quiet")
 
