@@ -74,7 +74,10 @@ def create(
     dlq = resources["DeliveryDeadLetterQueue"]["Properties"]
     dlq_url = sqs.create_queue(
         QueueName=f"{prefix}-dlq",
-        Attributes={"MessageRetentionPeriod": str(dlq["MessageRetentionPeriod"])},
+        Attributes={
+            "MessageRetentionPeriod": str(dlq["MessageRetentionPeriod"]),
+            "MaximumMessageSize": str(dlq["MaximumMessageSize"]),
+        },
     )["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
@@ -89,6 +92,7 @@ def create(
         Attributes={
             "VisibilityTimeout": str(queue["VisibilityTimeout"]),
             "MessageRetentionPeriod": str(queue["MessageRetentionPeriod"]),
+            "MaximumMessageSize": str(queue["MaximumMessageSize"]),
             "RedrivePolicy": json.dumps(redrive),
         },
     )["QueueUrl"]

@@ -320,6 +320,28 @@ def test_queues_are_encrypted_and_outlast_the_function(resources: dict[str, Any]
     assert dlq["MessageRetentionPeriod"] == 1209600
 
 
+def test_queued_messages_outlive_the_stack(resources: dict[str, Any]) -> None:
+    # Deleting or replacing the stack must not delete messages accepted but not yet sent, or
+    # dead letters an operator has not looked at yet.
+    for name in ("DeliveryQueue", "DeliveryDeadLetterQueue"):
+        assert resources[name]["DeletionPolicy"] == "Retain"
+        assert resources[name]["UpdateReplacePolicy"] == "Retain"
+
+
+def test_a_parked_message_always_fits_the_dead_letter_queue(resources: dict[str, Any]) -> None:
+    from relay.intake import MAX_BODY_BYTES
+    from relay.queues import MAX_ATTRIBUTES, MAX_ERROR_MESSAGE
+
+    # SQS counts attributes against the size limit. A delivery message at its limit (its own
+    # attributes included) gains the reason: at most ten more attributes, each a name, a type
+    # and a value no longer than the error message (or a 255-character key).
+    queue = resources["DeliveryQueue"]["Properties"]["MaximumMessageSize"]
+    dlq = resources["DeliveryDeadLetterQueue"]["Properties"]["MaximumMessageSize"]
+    reason = MAX_ATTRIBUTES * (256 + len("String") + 4 * MAX_ERROR_MESSAGE)  # 4 bytes a char
+    assert queue + reason <= dlq <= 1048576  # SQS's largest
+    assert queue >= 2 * MAX_BODY_BYTES  # a webhook body and the attributes it is queued with
+
+
 def test_idempotency_table(resources: dict[str, Any]) -> None:
     table = resources["IdempotencyTable"]["Properties"]
     assert table["BillingMode"] == "PAY_PER_REQUEST"
