@@ -69,6 +69,8 @@ bench: $(BENCH_STAMP) ## benchmarks and chart for docs/performance.md (about 35 
 	$(BIN)/python -m benchmarks.cold_start
 	$(BIN)/python -m benchmarks.warm
 	$(BIN)/python -m benchmarks.batch
+	$(BIN)/python -m benchmarks.batch --patterns relay --sizes 10,100 --dynamodb-ms 5 \
+		--out benchmarks/results/batch-dynamodb-5ms.json  # the same cells without moto's lock
 	$(BIN)/python -m benchmarks.memory
 	$(BIN)/python -m benchmarks.build
 	$(BIN)/python -m benchmarks.chart

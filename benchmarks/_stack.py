@@ -48,6 +48,7 @@ import compileall
 import importlib.metadata
 import json
 import os
+import platform
 import py_compile
 import re
 import select
@@ -602,6 +603,26 @@ def git_revision() -> dict[str, Any]:
     return found
 
 
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: kernel, CPU model and count, memory."""
+
+    def proc(path: str, field: str) -> str | None:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            return None
+        found = (line.split(":", 1)[1].strip() for line in lines if line.startswith(field))
+        return next(found, None)
+
+    memory = proc("/proc/meminfo", "MemTotal")  # "24576000 kB"
+    return {
+        "system": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "cpu": proc("/proc/cpuinfo", "model name"),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(int(memory.split()[0]) / 2**20, 1) if memory else None,
+    }
+
+
 def write_result(path: str | Path, data: Mapping[str, Any]) -> Path:
     """Write ``data`` as JSON (with the machine's basics) and return the path."""
     out = Path(path)
@@ -611,6 +632,7 @@ def write_result(path: str | Path, data: Mapping[str, Any]) -> Path:
         "python": sys.version.split()[0],
         "platform": sys.platform,
         "cpus": os.cpu_count(),
+        "machine": machine(),
         "relay_root": str(RELAY_ROOT),
         "load_average": os.getloadavg(),
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -16,8 +16,12 @@ urllib3 POST to the sandbox provider, and Powertools idempotency on the same Dyn
 (a conditional PutItem before the send, an UpdateItem after: the relay's own writes). It does
 not validate phone numbers, emit metrics or log; the relay does all three.
 
-X-Ray is on for both, as deployed (Tracing: Active): Powertools' Tracer is live and the X-Ray
-SDK sends its segments to a local UDP sink; ``--no-tracing`` turns it off for both. The JSON
+X-Ray is on, as deployed (Tracing: Active): the relay's Powertools Tracer is live and the X-Ray
+SDK sends its segments to a local UDP sink. The sequential pattern has no Tracer of its own (it
+would only add work to it); its AWS calls are traced all the same, by the SDK's botocore patch,
+which is process-wide. ``--no-tracing`` turns it off for both. ``--dynamodb-ms`` answers
+DynamoDB here, concurrently, after that many ms instead of moto_server (which serialises its
+writes): it shows how much of a cell's time is moto's. The JSON
 keeps every run with what says where its time went: AWS calls per operation (one call's
 median duration, their durations added up, and the span from the first's start to the last's
 end), when the provider requests arrived, the peak in flight per provider, and the CPU used here
@@ -47,6 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmarks._stack import machine
 from relay_local.esm import event_record
 from relay_local.lambda_runtime import LambdaContext, load_function
 
@@ -130,6 +135,34 @@ class AwsCalls:
         operation = event_name.rsplit(".", 1)[-1]  # after-call.dynamodb.PutItem
         with self._lock:
             self.calls.append((operation, getattr(self._local, "started", ended), ended))
+
+
+class StubbedDynamoDB:
+    """DynamoDB as the real service answers: after a network round trip, many calls at once.
+
+    moto_server serialises its writes (one GIL, one lock), so with it a batch's idempotency
+    writes queue up behind each other; this answers every DynamoDB call in ``delay_ms``,
+    concurrently, without moto. Every write succeeds: each message has a fresh key. Attach
+    after ``AwsCalls`` (same event, called in registration order) and before any handler loads.
+    """
+
+    def __init__(self, delay_ms: float) -> None:
+        self.delay_s = delay_ms / 1000
+
+    def attach(self) -> None:
+        import boto3
+
+        assert boto3.DEFAULT_SESSION is not None
+        boto3.DEFAULT_SESSION.events.register("before-call", self._answer)
+
+    def _answer(self, model: Any, **_: Any) -> tuple[Any, dict[str, Any]] | None:
+        from botocore.awsrequest import AWSResponse
+
+        if model.service_model.service_name != "dynamodb":
+            return None
+        time.sleep(self.delay_s)
+        # PutItem, UpdateItem, DeleteItem: {}; GetItem: {} too (no item, never called here).
+        return AWSResponse("", 200, {}, None), {"ResponseMetadata": {"HTTPStatusCode": 200}}
 
 
 # --- the two handlers ----------------------------------------------------------------------------
@@ -404,6 +437,7 @@ def measure(
     latencies: tuple[int, ...],
     tracing: bool = False,
     patterns: tuple[str, ...] = PATTERNS,
+    dynamodb_ms: float | None = None,
 ) -> dict[str, Any]:
     import boto3
 
@@ -413,6 +447,8 @@ def measure(
         sqs = boto3.client("sqs")  # before attach: the benchmark's own calls are not counted
         aws = AwsCalls()
         aws.attach()
+        if dynamodb_ms is not None:
+            StubbedDynamoDB(dynamodb_ms).attach()
         # Loaded after the stack is up: each reads its settings from the environment at init.
         functions = {"relay": relay_function, "sequential": sequential_function}
         handlers = {pattern: functions[pattern]() for pattern in patterns}
@@ -443,13 +479,16 @@ def measure(
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             **_checkout(),
             "python": platform.python_version(),
-            "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+            "machine": machine(),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "reps": reps,
             "provider_concurrency": limit,
             "tracing": tracing,
             "event": "real SQS messages (moto_server), records shaped by relay_local.esm",
+            "dynamodb": "moto_server"
+            if dynamodb_ms is None
+            else f"stubbed: every call answered after {dynamodb_ms:g} ms, concurrently",
             "sequential": "BatchProcessor + process_partial_response; per record: token "
             "(Secrets Manager, cached), translate, urllib3 POST, Powertools idempotency "
             "(DynamoDB PutItem + UpdateItem)",
@@ -605,12 +644,23 @@ def targets(result: dict[str, Any]) -> str:
                 f"- against the sequential pattern: {ten['speedup']}x, target ≥ 6x: {verdict}"
             )
     for mix in MIXES:
-        hundred = cells.get((mix, 100, 200))
-        if hundred and hundred["relay_over_bound"] is not None:
-            out.append(
-                f"- 100 messages at 200 ms ({mix}): {hundred['relay_ms']} ms, "
-                f"{hundred['relay_over_bound']}x the concurrency bound ({hundred['bound_ms']} ms)"
-            )
+        for latency in LATENCIES_MS:
+            hundred = cells.get((mix, 100, latency))
+            if hundred and hundred["relay_over_bound"] is not None:
+                out.append(
+                    f"- 100 messages at {latency} ms ({mix}): {hundred['relay_ms']} ms, "
+                    f"{hundred['relay_over_bound']}x the concurrency bound "
+                    f"({hundred['bound_ms']} ms)"
+                )
+    limit = result["meta"]["provider_concurrency"]
+    peaks = [n for c in result["cells"] for n in c["peak_in_flight"].values()]
+    if peaks:
+        over = [c for c in result["cells"] if any(n > limit for n in c["peak_in_flight"].values())]
+        verdict = "respected" if not over else f"OVER LIMIT in {len(over)} cells"
+        out.append(
+            f"- per-provider limit {limit}: most requests in flight at one provider {max(peaks)}, "
+            f"limit {verdict}"
+        )
     for mix in MIXES:
         for size in (10, 100):
             cell = cells.get((mix, size, 200))
@@ -674,6 +724,11 @@ def main() -> None:
         help="X-Ray on, as deployed (Tracing: Active; the default)",
     )
     parser.add_argument("--patterns", type=_csv(str), default=PATTERNS, help="relay,sequential")
+    parser.add_argument(
+        "--dynamodb-ms",
+        type=float,
+        help="answer DynamoDB calls here after this many ms, concurrently, instead of moto_server",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     reps = args.reps or (1 if args.quick else 5)
@@ -682,7 +737,9 @@ def main() -> None:
     latencies = args.latencies or ((0, 200) if args.quick else LATENCIES_MS)
 
     with _quiet_warnings():
-        result = measure(reps, mixes, args.sizes, latencies, args.tracing, args.patterns)
+        result = measure(
+            reps, mixes, args.sizes, latencies, args.tracing, args.patterns, args.dynamodb_ms
+        )
     result["meta"]["quick"] = args.quick
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -43,7 +43,7 @@ def draw(result: dict[str, Any], out: Path) -> Path:
         _panel(ax, [c for c in cells if c["latency_ms"] == latency], latency)
     axes[0][0].set_ylabel("batch time (log scale)")
     handles, labels = axes[0][-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False, fontsize=9)
+    fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False, fontsize=9)
     runs = "run" if meta["reps"] == 1 else "runs"
     fig.suptitle(
         f"SQS batch: relay vs sequential BatchProcessor (median of {meta['reps']} {runs}, "
@@ -55,13 +55,13 @@ def draw(result: dict[str, Any], out: Path) -> Path:
     fig.text(
         0.5,
         0.915,
-        f"{meta.get('machine', '')}, moto_server for AWS, {meta.get('date', '')[:10]}, "
+        f"{_machine(meta.get('machine'))}, moto_server for AWS, {meta.get('date', '')[:10]}, "
         f"load average {load} at the start",
         ha="center",
         fontsize=8,
         color=BOUND,
     )
-    fig.tight_layout(rect=(0, 0.08, 1, 0.92))
+    fig.tight_layout(rect=(0, 0.13, 1, 0.92))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI)
     plt.close(fig)
@@ -101,14 +101,16 @@ def _panel(ax: Axes, cells: list[dict[str, Any]], latency: int) -> None:
                             fontsize=8,
                         )
     if latency:
-        bound = sorted((c["size"], c["bound_ms"]) for c in cells if c["mix"] == "single")
-        ax.plot(
-            [b[0] for b in bound],
-            [b[1] for b in bound],
-            ":",
-            color=BOUND,
-            label="concurrency bound, one provider",
-        )
+        for mix in mixes:  # both providers share the messages: each has half, its own limit
+            bound = sorted((c["size"], c["bound_ms"]) for c in cells if c["mix"] == mix)
+            ax.plot(
+                [b[0] for b in bound],
+                [b[1] for b in bound],
+                linestyle=":" if mix == "single" else (0, (1, 4)),
+                color=BOUND,
+                label="concurrency bound, "
+                + ("one provider" if mix == "single" else "both providers"),
+            )
     ax.set_title(f"provider latency {latency} ms", fontsize=10)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -118,6 +120,12 @@ def _panel(ax: Axes, cells: list[dict[str, Any]], latency: int) -> None:
     ax.yaxis.set_major_formatter(FuncFormatter(_duration))
     ax.set_xlabel("messages in the batch")
     ax.grid(True, which="major", alpha=0.3)
+
+
+def _machine(machine: dict[str, Any] | str | None) -> str:
+    if not isinstance(machine, dict):  # results written before the machine was recorded
+        return machine or ""
+    return f"{machine['system']}, {machine['cpu']}, {machine['cpus']} cores"
 
 
 def _duration(ms: float, _position: float) -> str:

@@ -42,7 +42,10 @@ SENDER = os.environ.get("FLUENTS_FROM_NUMBER") or None
 
 session = boto3.session.Session()
 secrets = session.client("secretsmanager", config=FAST_FAIL)
-dynamodb = session.client("dynamodb", config=FAST_FAIL)
+# A connection for each thread, as the relay sizes its pools (botocore's default is 10).
+dynamodb = session.client(
+    "dynamodb", config=FAST_FAIL.merge(Config(max_pool_connections=CONCURRENCY * len(URLS)))
+)
 _sqs: Any = None  # made on first use, as the relay does: a batch that all delivers needs none
 _sqs_lock = threading.Lock()
 http = urllib3.PoolManager(maxsize=CONCURRENCY, retries=False, headers={"User-Agent": "floor/0.1"})
