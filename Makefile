@@ -65,8 +65,18 @@ reliability: $(STAMP) ## 2,000 messages under seeded faults; prints docs/reliabi
 soak: $(STAMP) ## the same with 50,000 messages (about 40 minutes)
 	$(BIN)/python -m tests.reliability.harness --messages 50000 --seed 7
 
-bench: $(BENCH_STAMP) ## benchmarks and chart for docs/performance.md (about 35 minutes)
+bench: $(BENCH_STAMP) ## benchmarks and chart for docs/performance.md (about 50 minutes)
 	$(BIN)/python -m benchmarks.cold_start
+	@# The same on CPython 3.13 (Lambda's python3.13), found as layers/relay/Makefile finds it.
+	@found=; for candidate in $(PYTHON313) python3.13 $(sort $(wildcard \
+		$(or $(PYENV_ROOT),$(HOME)/.pyenv)/versions/3.13*/bin/python3.13 \
+		$(shell pyenv root 2>/dev/null)/versions/3.13*/bin/python3.13)); do \
+		if "$$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null; \
+		then found=$$candidate; break; fi; \
+	done; \
+	if [ -z "$$found" ]; then echo "bench: no CPython 3.13 (set PYTHON313=...): no 3.13 cold start"; \
+	else set -x; $(BIN)/python -m benchmarks.cold_start --python "$$found" \
+		--out benchmarks/results/cold_start-py313.json; fi
 	$(BIN)/python -m benchmarks.warm
 	$(BIN)/python -m benchmarks.batch
 	$(BIN)/python -m benchmarks.batch --patterns relay --sizes 10,100 --dynamodb-ms 5 \

@@ -3,6 +3,7 @@
 The API is small on purpose (``benchmarks/batch.py`` uses it too)::
 
     with BenchStack(latency=0.0, tracing=True) as stack:  # moto_server, 2 sandboxes, resources
+        stack.python, stack.interpreter        # the children's command line; what it runs
         stack.env, stack.resources             # the relay's variables; queue URLs, table, secrets
         env = stack.process_env("delivery")    # the whole environ for a handler child process
         stack.process_env("webhook", bytecode="none")  # ... its layer without bytecode (BYTECODE)
@@ -11,12 +12,13 @@ The API is small on purpose (``benchmarks/batch.py`` uses it too)::
         stack.reset(); stack.peak_in_flight()  # sandbox counters, per provider
         stack.received()                       # requests the providers accepted (2xx)
         stack.trace_datagrams                  # X-Ray segments the UDP "daemon" received
+    BenchStack(python="/path/to/python3.13")  # children on another CPython (see below)
 
     message(i) / http_event(body) / sqs_event(bodies)   # valid messages and Lambda events
     load_handler("webhook"), lambda_context()          # in-process: relay_local's own loaders
-    run_child(HANDLERS["webhook"], env, events, ...)   # a fresh handler process (_child.py)
+    run_child(HANDLERS["webhook"], env, events, ..., python=stack.python)  # a fresh process
     import_statements(path), PYTHON, TIMEOUTS          # for -X importtime and the like
-    summarize(values), markdown_table(...), write_result(path, data)
+    summarize(values), markdown_table(...), write_result(path, data, python=stack.interpreter)
 
 In-process with tracing on, set ``os.environ["_X_AMZN_TRACE_ID"]`` (sampled) before each
 invocation, as Lambda does; ``_child.py`` does it for child processes.
@@ -27,11 +29,20 @@ The layer's bytecode (``process_env(..., bytecode=...)``, see BYTECODE): by defa
 modules are the dev venv's, with the ``__pycache__`` the venv has written; "none" is a copy of
 the same files without any, as a layer built with no bytecode is on Lambda (/opt is read-only:
 each cold start compiles every module it imports); "shipped" is that copy compiled as the
-layer build does (``compileall --invalidation-mode unchecked-hash``, by this interpreter). Both
-copies run with PYTHONDONTWRITEBYTECODE, so every process starts as the first did. The floor's
-and the runtime's modules (boto3, botocore, urllib3, the standard library) keep their caches in
-all three, as the Lambda runtime ships its own with bytecode. (PYTHONPYCACHEPREFIX would not do:
-it moves every module's cache, the standard library's and botocore's too.)
+layer build does (``compileall --invalidation-mode unchecked-hash``, by the children's
+interpreter). Both copies run with PYTHONDONTWRITEBYTECODE, so every process starts as the first
+did. The floor's and the runtime's modules (boto3, botocore, urllib3, the standard library) keep
+their caches in all three, as the Lambda runtime ships its own with bytecode.
+(PYTHONPYCACHEPREFIX would not do: it moves every module's cache, the standard library's and
+botocore's too.)
+
+The children's interpreter: by default the dev venv's (``PYTHON``), the layer and the runtime
+symlinks to the venv's installed distributions. ``BenchStack(python=...)`` runs them on another
+CPython (as Lambda's python3.13), whose site cannot be the venv's (built for its version: wrapt
+has compiled extensions): the venv's pip installs wheels for that version and this machine, the
+layer's pinned requirements and the runtime's distributions at the versions the venv has, into
+``.venv/bench-sites/<version>-<hash>/{layer,runtime}``, compiled there by that interpreter (as
+the venv's caches are), kept for the next run. The relay itself is linked as by default.
 
 The handler environment mirrors ``relay_local.stack.DevStack`` (same variable names, the same
 moto resources from template.yaml via ``relay_local.resources``) plus template.yaml's Globals
@@ -44,12 +55,11 @@ so segments are built and sent over UDP to a sink here, as they would be to Lamb
 from __future__ import annotations
 
 import ast
-import compileall
+import hashlib
 import importlib.metadata
 import json
 import os
 import platform
-import py_compile
 import re
 import select
 import shutil
@@ -93,6 +103,8 @@ PROVIDERS: tuple[Provider, ...] = ("lancepilot", "fluents")
 # is not imported, as it would not be on Lambda.
 RUNTIME_DISTS = ("boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3")
 PYTHON = (sys.executable, "-S")
+# BenchStack(python=...): the sites built for another interpreter, one per version and inputs
+SITES = REPO / ".venv" / "bench-sites"
 # Children start through a shell that forks them: on Linux a process's ru_maxrss starts at its
 # spawner's peak RSS when spawned directly (fork/vfork, then exec, keep the high-water mark),
 # which would report this process's memory, not the handler's. A fork from dash resets it.
@@ -127,8 +139,18 @@ class BenchStack:
         latency: float = 0.0,
         tracing: bool = True,
         extra_env: Mapping[str, str] | None = None,
+        python: str | None = None,
     ) -> None:
         self.latency = latency
+        self._python = python
+        # The children's command line and what it runs (a path given is probed in start).
+        self.python: tuple[str, ...] = PYTHON
+        self.interpreter = {
+            "path": sys.executable,
+            "executable": sys.executable,
+            "version": sys.version.split()[0],
+            "cache_tag": sys.implementation.cache_tag or "",
+        }
         self.tracing = tracing
         self.extra_env = dict(extra_env or {})
         self.sandboxes: dict[str, ProviderSandbox] = {}
@@ -153,6 +175,10 @@ class BenchStack:
             start_moto_server,
         )
 
+        if self._python is not None:  # before anything starts: a wrong path fails at once
+            self.interpreter = probe_python(self._python)
+            # Its real executable: a pyenv shim (a shell script) would add its own start to each.
+            self.python = (self.interpreter["executable"], "-S")
         self._saved_environ = dict(os.environ)
         host = "127.0.0.1"
         self._moto, port = start_moto_server(host)  # ephemeral port: never 3000-3002 or 4566
@@ -196,10 +222,14 @@ class BenchStack:
         }
         self._start_xray_sink(host)
         self._site = tempfile.TemporaryDirectory(prefix="webhook-relay-bench-")
-        _link_dists(
-            Path(self._site.name) / "layer", _layer_dists(), extra={"relay": LAYER / "relay"}
-        )
-        _link_dists(Path(self._site.name) / "runtime", RUNTIME_DISTS)
+        site = Path(self._site.name)
+        if self._python is None:
+            _link_dists(site / "layer", _layer_dists(), extra={"relay": LAYER / "relay"})
+            _link_dists(site / "runtime", RUNTIME_DISTS)
+            return self
+        built = _target_site(self.interpreter)
+        _link_entries(site / "layer", built / "layer", extra={"relay": LAYER / "relay"})
+        (site / "runtime").symlink_to(built / "runtime")
         return self
 
     def layer_dir(self, bytecode: str = "cached") -> Path:
@@ -212,7 +242,7 @@ class BenchStack:
             raise ValueError(f"bytecode: one of {BYTECODE}, not {bytecode!r}")
         target = site / f"layer-{bytecode}"
         if not target.exists():
-            _copy_layer(site / "layer", target, compiled=bytecode == "shipped")
+            _copy_layer(site / "layer", target, self.python if bytecode == "shipped" else None)
         return target
 
     def stop(self) -> None:
@@ -286,7 +316,7 @@ class BenchStack:
     def process_env(
         self, function: str, tracing: bool | None = None, bytecode: str = "cached"
     ) -> dict[str, str]:
-        """A complete, clean environ for a ``PYTHON`` child running ``HANDLERS[function]``.
+        """A complete, clean environ for a ``self.python`` child running ``HANDLERS[function]``.
 
         PYTHONPATH is Lambda's order: the function's directory (/var/task), the layer
         (/opt/python), the runtime's boto3 (/var/runtime). The floors get no layer: they must
@@ -351,10 +381,10 @@ def _layer_dists() -> list[str]:
     return [line.split("==")[0].strip() for line in lines if line.strip() and line[0] != "#"]
 
 
-def _copy_layer(links: Path, target: Path, compiled: bool) -> None:
+def _copy_layer(links: Path, target: Path, compiler: Sequence[str] | None) -> None:
     """Copy the layer (a directory of symlinks, see _link_dists) as files, leaving out every
-    ``__pycache__``; ``compiled``: then compile it as layers/relay/Makefile does (for this
-    interpreter's version)."""
+    ``__pycache__``; with ``compiler`` (the children's interpreter), then compile it as
+    layers/relay/Makefile does: bytecode is per version, so by the interpreter that reads it."""
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     target.mkdir(parents=True)
     for entry in links.iterdir():
@@ -363,15 +393,94 @@ def _copy_layer(links: Path, target: Path, compiled: bool) -> None:
             shutil.copytree(source, target / entry.name, ignore=skip)
         elif source.suffix != ".pyc":
             shutil.copy2(source, target / entry.name)
-    if compiled:
-        done = compileall.compile_dir(
-            target,
-            quiet=1,
-            workers=0,
-            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    if compiler is not None:
+        _compileall(compiler, target, "unchecked-hash")
+
+
+def _compileall(python: Sequence[str], target: Path, mode: str) -> None:
+    # -I: the parent's PYTHON* variables (PYTHONPATH of another version) must not reach it.
+    command = [*python, "-I", "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", mode]
+    done = subprocess.run([*command, str(target)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"compileall failed in {target}:\n{done.stdout}{done.stderr}")
+
+
+def probe_python(python: str) -> dict[str, str]:
+    """What ``python`` is: the path given, its real executable, version and bytecode tag."""
+    code = (
+        "import json, sys; print(json.dumps({'executable': sys.executable, "
+        "'version': sys.version.split()[0], 'cache_tag': sys.implementation.cache_tag}))"
+    )
+    try:
+        done = subprocess.run(
+            [python, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
         )
-        if not done:
-            raise RuntimeError(f"compileall failed in {target}")
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise RuntimeError(
+            f"cannot run {python}: {getattr(error, 'stderr', '') or error}"
+        ) from None
+    found: dict[str, str] = json.loads(done.stdout)
+    if not (found["cache_tag"] or "").startswith("cpython-"):
+        raise RuntimeError(f"{python}: not CPython ({found['cache_tag']}): wheels are cp only")
+    return {"path": python, **found}
+
+
+def _manylinux_platforms() -> list[str]:
+    """pip ``--platform`` tags this machine runs: manylinux_2_N down to 2_17 for its glibc, and
+    manylinux2014 (pip widens it to manylinux2010 and manylinux1)."""
+    arch = platform.machine()
+    libc = os.confstr("CS_GNU_LIBC_VERSION") or "glibc 2.17"  # "glibc 2.36"
+    minor = int(libc.split()[-1].split(".")[1])
+    return [f"manylinux_2_{n}_{arch}" for n in range(minor, 16, -1)] + [f"manylinux2014_{arch}"]
+
+
+def _target_site(interpreter: Mapping[str, str]) -> Path:
+    """``SITES/<version>-<hash>``: ``layer`` (the pinned requirements, as the layer build
+    installs them) and ``runtime`` (RUNTIME_DISTS at the dev venv's versions), wheels for
+    ``interpreter``'s version and this machine, compiled by it. Built once, then reused."""
+    version = interpreter["version"]
+    requirements = LAYER / "requirements.txt"
+    runtime = [f"{dist}=={importlib.metadata.version(dist)}" for dist in RUNTIME_DISTS]
+    platforms = _manylinux_platforms()
+    inputs = "\n".join([requirements.read_text(), *runtime, *platforms])
+    site = SITES / f"{version}-{hashlib.sha256(inputs.encode()).hexdigest()[:12]}"
+    if site.is_dir():
+        return site
+    SITES.mkdir(parents=True, exist_ok=True)
+    # Built beside it, renamed into place only once complete: an interrupted build is not reused.
+    scratch = Path(tempfile.mkdtemp(prefix=f".{site.name}-", dir=SITES))
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    pip += ["--no-compile", "--no-deps", "--only-binary=:all:", "--implementation", "cp"]
+    pip += ["--python-version", ".".join(version.split(".")[:2])]
+    pip += [f"--platform={tag}" for tag in platforms]
+    try:
+        print(f"bench: installing wheels for Python {version} into {site}", file=sys.stderr)
+        # --no-deps, as layers/relay/Makefile: requirements.txt lists every transitive one.
+        subprocess.run(
+            [*pip, "--target", str(scratch / "layer"), "-r", str(requirements)], check=True
+        )
+        subprocess.run([*pip, "--target", str(scratch / "runtime"), *runtime], check=True)
+        for part in ("layer", "runtime"):
+            shutil.rmtree(scratch / part / "bin", ignore_errors=True)
+        # Timestamp-checked caches, as the venv's own: what "cached" and the runtime use.
+        _compileall((interpreter["executable"], "-S"), scratch, "timestamp")
+        scratch.rename(site)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if not site.is_dir():  # unless another run has just built it
+            raise
+    return site
+
+
+def _link_entries(target: Path, source: Path, extra: Mapping[str, Path] | None = None) -> None:
+    """A directory of symlinks to each entry of ``source`` (plus ``extra``), as _link_dists
+    makes: _copy_layer copies either kind."""
+    target.mkdir(parents=True)
+    for name, path in (extra or {}).items():
+        (target / name).symlink_to(path)
+    for entry in source.iterdir():
+        if entry.name != "__pycache__" and not (target / entry.name).exists():
+            (target / entry.name).symlink_to(entry)
 
 
 def _link_dists(
@@ -470,13 +579,15 @@ def run_child(
     prelude: str = "",
     limit_s: float = 300.0,
     wrapper: Sequence[str] = (),
+    python: Sequence[str] = PYTHON,
 ) -> dict[str, Any]:
     """Run ``handler`` on ``events`` in a fresh interpreter (benchmarks/_child.py).
 
     ``mode="cold"``: phases of the first invocation (``prelude``, the handler's own import
     statements, first; then the module, whose body is then only its init; then ``events[0]``).
     ``mode="run"``: ``warmup`` events untimed, the rest timed. ``wrapper`` goes before the
-    interpreter (valgrind); its stderr tail is kept as ``wrapper_stderr``. Returns the child's
+    interpreter (valgrind); its stderr tail is kept as ``wrapper_stderr``. ``python``: the
+    interpreter's command line (``BenchStack.python``). Returns the child's
     JSON plus ``spawned_at`` and ``spawn_to_answer_s`` (the parent's clock, from just before
     exec to the answer arriving). perf_counter is CLOCK_MONOTONIC, shared by processes.
     """
@@ -498,7 +609,7 @@ def run_child(
         spec_file.flush()
         spawned_at = time.perf_counter()
         child = subprocess.Popen(
-            [*LAUNCH, *wrapper, *PYTHON, str(CHILD), str(write_fd), spec_file.name],
+            [*LAUNCH, *wrapper, *python, str(CHILD), str(write_fd), spec_file.name],
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,  # the handlers' logs and EMF metrics
@@ -623,13 +734,17 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_result(path: str | Path, data: Mapping[str, Any]) -> Path:
-    """Write ``data`` as JSON (with the machine's basics) and return the path."""
+def write_result(
+    path: str | Path, data: Mapping[str, Any], python: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``data`` as JSON (with the machine's basics) and return the path. ``python``: the
+    children's interpreter (``BenchStack.interpreter``), when it may not be this one's."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         **git_revision(),
         "python": sys.version.split()[0],
+        **({"child_python": dict(python)} if python is not None else {}),
         "platform": sys.platform,
         "cpus": os.cpu_count(),
         "machine": machine(),

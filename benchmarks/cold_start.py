@@ -2,6 +2,8 @@
 
     python -m benchmarks.cold_start --quick          # 3 rounds, 1 count each: about 4 minutes
     python -m benchmarks.cold_start                  # 45 rounds, 3 counts: about 15 minutes
+    python -m benchmarks.cold_start --python ~/.pyenv/versions/3.13.0/bin/python3.13 \
+        --out benchmarks/results/cold_start-py313.json   # children on Lambda's 3.13
 
 Each round starts one fresh process per variant (relay and floor interleaved, order reversed
 every other round so drift cancels) against the same moto_server and loopback providers (zero
@@ -26,11 +28,19 @@ builds it). ", no bytecode" is a layer built without (no CPython 3.13 at build t
 modules compiled in the cold start. ", dev caches" is the dev venv's own ``__pycache__`` (how this
 benchmark measured before). The floors, and the runtime's boto3, botocore, urllib3 and standard
 library, keep their bytecode throughout: the Lambda runtime ships its own compiled.
+
+Interpreter: every child (relay and floors alike, so the ratios compare like with like, and the
+``-X importtime`` and callgrind children too) runs ``python -S`` of the dev venv by default.
+``--python PATH`` (or ``BENCH_PYTHON=PATH``) runs them on that CPython instead, e.g. 3.13 as
+Lambda's python3.13: its layer and runtime distributions are wheels for its version, installed
+once by the venv's pip into ``.venv/bench-sites/`` (see _stack.py), and the "shipped" bytecode is
+compiled by it. The result's ``meta.child_python`` records the interpreter the children ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -41,7 +51,6 @@ from typing import Any
 from benchmarks._stack import (
     CALLGRIND,
     HANDLERS,
-    PYTHON,
     TIMEOUTS,
     BenchStack,
     http_event,
@@ -113,6 +122,7 @@ def measure(stack: BenchStack, rounds: int, delivery_batch: int) -> dict[str, li
                 tracing=traced,
                 timeout_s=TIMEOUTS[handler.removesuffix("-floor")],
                 prelude=import_statements(HANDLERS[handler]),
+                python=stack.python,
             )
             check(name, result["answers"])
             result["startup_s"] = result["t0"] - result["spawned_at"]
@@ -141,6 +151,7 @@ def instructions(stack: BenchStack, rounds: int, delivery_batch: int) -> dict[st
                 timeout_s=TIMEOUTS[handler.removesuffix("-floor")],
                 prelude=import_statements(HANDLERS[handler]),
                 wrapper=CALLGRIND,
+                python=stack.python,
             )
             check(name, result["answers"])
             counts[name].append(instructions_counted(name, result))
@@ -155,7 +166,7 @@ def importtime(
     samples: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
     for _ in range(repeats):
         done = subprocess.run(
-            [*PYTHON, "-X", "importtime", "-c", import_statements(HANDLERS[handler])],
+            [*stack.python, "-X", "importtime", "-c", import_statements(HANDLERS[handler])],
             env=stack.process_env(handler, bytecode=bytecode),
             capture_output=True,
             text=True,
@@ -213,6 +224,11 @@ def main() -> None:
         type=int,
         help="rounds under callgrind, counting instructions (default 3, --quick 1; 0: none)",
     )
+    parser.add_argument(
+        "--python",
+        default=os.environ.get("BENCH_PYTHON") or None,
+        help="the children's interpreter, e.g. a CPython 3.13 (default: this venv's; BENCH_PYTHON)",
+    )
     parser.add_argument("--out", default="benchmarks/results/cold_start.json")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 45)
@@ -221,7 +237,7 @@ def main() -> None:
         print("valgrind not found: no instruction counts")
         counted = 0
 
-    with BenchStack(latency=0.0) as stack:
+    with BenchStack(latency=0.0, python=args.python) as stack:
         runs = measure(stack, rounds, args.delivery_batch)
         repeats = 1 if args.quick else 3
         imports = {
@@ -234,6 +250,7 @@ def main() -> None:
         }
         trace_datagrams = stack.trace_datagrams
         counts = instructions(stack, counted, args.delivery_batch) if counted else {}
+        interpreter = stack.interpreter
 
     summary = {
         name: {p: summarize([r[p] for r in results]) for p in PHASES}
@@ -302,8 +319,10 @@ def main() -> None:
             "trace_datagrams": trace_datagrams,
             "runs": runs,
         },
+        python=interpreter,
     )
     print(f"## Cold start ({rounds} fresh processes each; medians in ms)\n")
+    print(f"Children: Python {interpreter['version']} ({interpreter['executable']} -S)\n")
     headers = ["variant", "n", "startup", "imports", "init", "1st invoke"]
     headers += ["spawn→answer (median / p90)", "CPU to answer", "vs floor (wall / CPU)"]
     headers += ["paired rounds"]
