@@ -52,6 +52,12 @@ Dead letters older than --key-ttl (default {dlq.KEY_TTL_SECONDS} s, the stack's 
 IdempotencyTtlSeconds: give yours if you changed it) may have been delivered and forgotten:
 they are held back, with a warning, unless --include-stale.
 
+Dead letters marked PossiblyDelivered had a send the provider may have accepted (its answer
+never came), and the relay has no record of a delivery to recognise them by: redriven, each
+is sent again. They are held back, with a warning, unless --include-possibly-delivered:
+check with the provider first. While any is there, --all uses the loop, not the task
+(which cannot hold them back), unless --include-possibly-delivered.
+
 The loop hides each message it receives from other readers until it ends: {dlq.HOLD_SECONDS} s at
 first, doubling for a long scan up to --max-hold (default {dlq.MAX_HOLD_SECONDS} s). That is how
 long messages can stay hidden from a rerun if the run is killed. Ctrl-C stops between
@@ -209,6 +215,10 @@ def _move_task_safe(args: argparse.Namespace, target: Target, dlq_url: str) -> b
         )
     if found.stale and not key_ttl.include_stale:
         reasons.append(f"{found.stale} are older than --key-ttl (the task cannot hold them back)")
+    if found.possibly_delivered and not args.include_possibly_delivered:
+        reasons.append(
+            f"{found.possibly_delivered} are possibly delivered (the task cannot hold them back)"
+        )
     if found.incomplete:
         reasons.append("the DLQ could not be read to the end")
     if reasons:
@@ -216,6 +226,8 @@ def _move_task_safe(args: argparse.Namespace, target: Target, dlq_url: str) -> b
         return False
     if found.stale:
         _say(_stale_warning(found.stale, key_ttl))
+    if found.possibly_delivered:
+        _say(_possibly_delivered_warning(found.possibly_delivered, included=True))
     return True
 
 
@@ -256,6 +268,7 @@ def _redrive_loop(
                 max_hold=args.max_hold,
                 notice=_say,
                 key_ttl=_key_ttl(args),
+                include_possibly_delivered=args.include_possibly_delivered,
             )
     except KeyboardInterrupt:
         # The scan has made what it held visible again; a batch that was sent but not yet
@@ -268,6 +281,12 @@ def _redrive_loop(
         bar.close()
     if summary.stale:
         _say(_stale_warning(summary.stale, _key_ttl(args)))
+    if summary.possibly_delivered:
+        _say(
+            _possibly_delivered_warning(
+                summary.possibly_delivered, included=args.include_possibly_delivered
+            )
+        )
     print(render.summary(summary))
     for problem in summary.errors:
         print(f"relay: {problem}", file=sys.stderr)
@@ -286,6 +305,20 @@ def _stale_warning(count: int, key_ttl: dlq.KeyTtl) -> str:
     return (
         f"{older}: held back on the DLQ, as the relay may have delivered and forgotten them; "
         "--include-stale redrives them anyway"
+    )
+
+
+def _possibly_delivered_warning(count: int, *, included: bool) -> str:
+    """One line: how many the provider may have already, and what became of them."""
+    maybe = f"{count} dead letters are possibly delivered (a send went unanswered)"
+    if included:
+        return (
+            f"{maybe}: redriving them (--include-possibly-delivered); any the provider had "
+            "accepted goes out again"
+        )
+    return (
+        f"{maybe}: held back on the DLQ, as a redrive would send them again; check with the "
+        "provider, then --include-possibly-delivered redrives them"
     )
 
 
@@ -438,6 +471,12 @@ def _parser() -> argparse.ArgumentParser:
         "--include-stale",
         action="store_true",
         help="redrive dead letters older than --key-ttl too (each may be delivered twice)",
+    )
+    redriving.add_argument(
+        "--include-possibly-delivered",
+        action="store_true",
+        help="redrive dead letters marked PossiblyDelivered too (any the provider had "
+        "accepted is delivered twice)",
     )
     redriving.add_argument(
         "--status-of-task",

@@ -47,6 +47,9 @@ MAX_BATCH_BYTES = 256 * 1024  # SQS's batch payload limit (the older, smaller on
 MAX_ATTRIBUTES = 10  # SQS's limit per message
 CLOCK_SKEW_SECONDS = 30  # how far this machine's clock may run ahead of SQS's
 ERROR_PREFIX = "Error"  # ErrorKind, ErrorStatus, ErrorMessage: this dead-lettering's reason
+# "true" when a send of the message went unanswered: the provider may have it, and the relay
+# has no record of a delivery to recognise it by, so a redrive would send it again.
+POSSIBLY_DELIVERED = "PossiblyDelivered"
 # What an endpoint answers for an action it does not have (moto_server, older emulators).
 UNSUPPORTED = {
     "UnsupportedOperation",
@@ -96,6 +99,12 @@ class DeadLetter:
             return int(float(value)) if value else None
         except ValueError:
             return None
+
+    @property
+    def possibly_delivered(self) -> bool:
+        """PossiblyDelivered: the provider may have it (an ambiguous send), and a redrive sends
+        it again, unrecognised."""
+        return (self.attribute(POSSIBLY_DELIVERED) or "").strip().lower() == "true"
 
     @property
     def sent_at(self) -> datetime | None:
@@ -157,6 +166,7 @@ class DeadLetter:
         RelayId and IdempotencyKey stay, so the relay recognises a message it already delivered;
         one without a RelayId gets ``relay_id`` where it fits (a redrive gives it a new message
         id): the relay's key for one with no other, and what the run's loop guard knows it by.
+        PossiblyDelivered stays too (as SQS's move task keeps it): parked again, it says so still.
         """
         kept: dict[str, MessageAttributeValueTypeDef] = {}
         for name, value in self.attributes.items():
@@ -425,6 +435,7 @@ class Survey:
 
     unkeyed: int = 0  # with no key: the task would give them new message ids
     stale: int = 0  # older than the key TTL: the task cannot hold them back
+    possibly_delivered: int = 0  # PossiblyDelivered: the task cannot hold them back either
     incomplete: bool = False  # the scan stopped short: the counts are a lower bound
 
 
@@ -435,13 +446,15 @@ def survey(
     max_hold: int | None = None,
     notice: Callable[[str], object] = lambda _: None,
 ) -> Survey:
-    """Count the dead letters without RelayId, and those older than ``key_ttl``."""
+    """Count the dead letters without RelayId, those older than ``key_ttl``, and those
+    possibly delivered."""
     found = Survey()
     now = utc_now()
     with Scan(sqs, dlq_url, max_hold, notice) as scan:
         for batch in scan:
             found.unkeyed += sum(not letter.keyed for letter in batch)
             found.stale += sum(key_ttl.stale(letter, now) for letter in batch)
+            found.possibly_delivered += sum(letter.possibly_delivered for letter in batch)
     found.incomplete = scan.incomplete
     return found
 
@@ -467,11 +480,19 @@ class RedriveSummary:
     stale: int = 0  # selected, but older than the key TTL: held back unless include_stale
     include_stale: bool = False
     unkeyable: int = 0  # selected, but no key and no room for a RelayId: always held back
+    # Selected (and not stale), but PossiblyDelivered: held back unless include_possibly_delivered.
+    possibly_delivered: int = 0
+    include_possibly_delivered: bool = False
 
     @property
     def held_back(self) -> int:
-        """Dead letters left on the DLQ: stale ones, and those that cannot get a RelayId."""
-        return (0 if self.include_stale else self.stale) + self.unkeyable
+        """Dead letters left on the DLQ: stale ones, possibly delivered ones (unless included),
+        and those that cannot get a RelayId."""
+        return (
+            (0 if self.include_stale else self.stale)
+            + (0 if self.include_possibly_delivered else self.possibly_delivered)
+            + self.unkeyable
+        )
 
     @property
     def ok(self) -> bool:
@@ -502,6 +523,7 @@ def redrive(
     max_hold: int | None = None,
     notice: Callable[[str], object] = lambda _: None,
     key_ttl: KeyTtl | None = None,
+    include_possibly_delivered: bool = False,
 ) -> RedriveSummary:
     """Move the selected dead letters to the delivery queue: send each first, then delete it.
 
@@ -515,10 +537,12 @@ def redrive(
     visible again before this returns or raises.
 
     Selected dead letters older than ``key_ttl`` are counted in ``summary.stale`` and left on
-    the DLQ, unless it says to include them.
+    the DLQ, unless it says to include them; so are the possibly delivered ones
+    (``summary.possibly_delivered``), unless ``include_possibly_delivered``.
     """
     ttl = key_ttl or KeyTtl()
     summary.include_stale = ttl.include_stale
+    summary.include_possibly_delivered = include_possibly_delivered
     wanted = set(selection.ids)
     # The relay ids this run sent: the delivery function may park a message again (still
     # invalid, still refused) while the run goes on, and sending that copy back would loop.
@@ -552,6 +576,12 @@ def redrive(
                 summary.stale += len(stale)
                 if not ttl.include_stale:
                     chosen = [letter for letter in chosen if letter not in stale]
+                # The provider may have these, and nothing would recognise them: only the
+                # operator, who can ask the provider, may send them again.
+                maybe = [letter for letter in chosen if letter.possibly_delivered]
+                summary.possibly_delivered += len(maybe)
+                if not include_possibly_delivered:
+                    chosen = [letter for letter in chosen if letter not in maybe]
                 unkeyable = [letter for letter in chosen if letter.unkeyable]
                 summary.unkeyable += len(unkeyable)
                 chosen = [letter for letter in chosen if letter not in unkeyable]

@@ -41,12 +41,13 @@ def _error(letter: DeadLetter) -> str:
 
 def listing(letters: Sequence[DeadLetter], now: datetime) -> str:
     """A table of the dead letters' metadata; never their bodies."""
-    headings = ("MESSAGE ID", "KIND", "STATUS", "AGE", "RELAY ID", "ERROR")
+    headings = ("MESSAGE ID", "KIND", "STATUS", "DELIVERED?", "AGE", "RELAY ID", "ERROR")
     rows = [
         (
             letter.message_id,
             letter.kind or "-",
             str(letter.status) if letter.status is not None else "-",
+            "maybe" if letter.possibly_delivered else "-",
             age(letter.sent_at, now),
             letter.attribute("RelayId") or "-",
             _error(letter)[:ERROR_WIDTH].replace("\n", " "),
@@ -73,6 +74,7 @@ def _metadata(letter: DeadLetter, now: datetime) -> dict[str, Any]:
         "message_id": letter.message_id,
         "kind": letter.kind,
         "status": letter.status,
+        "possibly_delivered": letter.possibly_delivered,
         "error": _error(letter),  # whole: scripts may need all of it (the table cuts it)
         "relay_id": letter.attribute("RelayId"),
         "dead_lettered_at": sent_at.isoformat() if sent_at else None,
@@ -87,8 +89,13 @@ def detail(letter: DeadLetter, now: datetime) -> str:
         f"MessageId: {letter.message_id}",
         f"DeadLettered: {sent_at.isoformat() if sent_at else '-'} ({age(sent_at, now)} ago)",
         f"ReceiveCount: {letter.system.get('ApproximateReceiveCount', '-')}",
-        "Attributes:",
     ]
+    if letter.possibly_delivered:
+        lines.append(
+            "PossiblyDelivered: yes: a send went unanswered, the provider may have it; redrive "
+            "holds it back unless --include-possibly-delivered"
+        )
+    lines.append("Attributes:")
     for name in sorted(letter.attributes):
         value = letter.attributes[name]
         shown = value.get("StringValue", value.get("BinaryValue", b"").hex())
@@ -108,6 +115,12 @@ def summary(done: RedriveSummary) -> str:
         lines.append(
             f"held back: {done.stale} older than --key-ttl (left on the DLQ; "
             "--include-stale redrives them)"
+        )
+    if done.possibly_delivered and not done.include_possibly_delivered:
+        lines.append(
+            f"held back: {done.possibly_delivered} possibly delivered (the provider may have "
+            "them: left on the DLQ; check with the provider, then --include-possibly-delivered "
+            "redrives them)"
         )
     if done.unkeyable:
         lines.append(

@@ -588,6 +588,66 @@ def test_dead_letters_older_than_the_key_ttl_are_held_back_unless_included(
     assert visible(queues, queues.dlq_url) == 0
 
 
+def test_possibly_delivered_letters_are_held_back_and_keep_all_from_the_move_task(
+    relay, queues, monkeypatch
+):
+    maybe = park(
+        queues,
+        lancepilot_message(text="maybe"),
+        "exhausted",
+        None,
+        "gave up after 5 receives: no answer in time",
+        relay_id="relay-maybe",
+        PossiblyDelivered="true",
+    )
+    park(queues, lancepilot_message(text="not sent"), "exhausted", 503, relay_id="relay-no")
+    # As on AWS with no task running: the task cannot hold one back, so the loop is used.
+    intercept(monkeypatch, "ListMessageMoveTasks", lambda params: {"Results": []})
+    starts = intercept(monkeypatch, "StartMessageMoveTask", lambda params: None)
+
+    code, out, err = relay("redrive", "--all", "--yes")
+
+    assert code == 1
+    assert "moved 1, skipped 0" in out
+    assert "held back: 1 possibly delivered" in out
+    assert "1 are possibly delivered (the task cannot hold them back)" in err
+    assert "1 dead letters are possibly delivered (a send went unanswered): held back" in err
+    assert starts == []
+    assert delivered(queues) == ["relay-no"]
+    assert [m["MessageId"] for m in take_all_visible(queues, queues.dlq_url)] == [maybe]
+
+    code, out, err = relay("redrive", "--all", "--yes", "--include-possibly-delivered")
+
+    assert len(starts) == 1  # the task may move them now (moto has none: the loop does)
+    assert (code, "moved 1" in out, "held back" in out) == (0, True, False)
+    assert "redriving them (--include-possibly-delivered)" in err
+    [moved] = take_all(queues, queues.queue_url)
+    # The flag goes along, as the move task would keep it: parked again, it still says so.
+    assert strings(moved) == {
+        "RelayId": "relay-maybe",
+        "IdempotencyKey": "relay-maybe",
+        "PossiblyDelivered": "true",
+    }
+    assert visible(queues, queues.dlq_url) == 0
+
+
+def test_a_dry_run_counts_possibly_delivered_letters_as_held_back(relay, queues):
+    park(queues, lancepilot_message(), "permanent", 422, relay_id="r-1", PossiblyDelivered="true")
+
+    code, out, _ = relay("redrive", "--kind", "permanent", "--dry-run")
+
+    assert (code, "would move 0" in out, "held back: 1 possibly delivered" in out) == (
+        1,
+        True,
+        True,
+    )
+    code, out, _ = relay(
+        "redrive", "--kind", "permanent", "--dry-run", "--include-possibly-delivered"
+    )
+    assert (code, "would move 1" in out) == (0, True)
+    assert visible(queues, queues.dlq_url) == 1
+
+
 def take_all_visible(queues, url) -> list[dict]:
     """What is on a queue, left there and visible."""
     found = queues.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0)
@@ -1198,4 +1258,50 @@ def test_a_webhook_queued_message_delivered_then_parked_is_not_sent_again_when_r
     delivery.poll_once()
 
     assert len(lancepilot.received) == 1  # kept under its relay id: recognised, not resent
+    assert visible(aws, aws.dlq_url) == visible(aws, aws.queue_url) == 0
+
+
+def test_a_possibly_delivered_dead_letter_is_listed_and_held_back_until_included(
+    relay, delivery, aws, lancepilot
+):
+    # The first receive's send gets no answer; the next receive's is refused: parked as
+    # permanent, possibly delivered. The operator finds it was not, and redrives it.
+    lancepilot.enqueue(
+        Fault.hang(1.5), Fault.status(422, {"message": "Validation error", "errors": {}})
+    )
+    aws.sqs.send_message(
+        QueueUrl=aws.queue_url,
+        MessageBody=json.dumps(lancepilot_message(text="in doubt")),
+        MessageAttributes={"RelayId": {"DataType": "String", "StringValue": "relay-doubt"}},
+    )
+    assert delivery.poll_once().failed
+    time.sleep(1.1)  # the first receive's backoff
+    delivery.drain(idle_seconds=1.5, limit_s=10)
+
+    code, table, _ = relay("list")
+    [listed] = json.loads(relay("list", "--json")[1])
+    shown = relay("show", listed["message_id"])[1]
+
+    assert code == 0
+    assert "DELIVERED?" in table
+    assert "maybe" in table
+    assert (listed["kind"], listed["status"], listed["possibly_delivered"]) == (
+        "permanent",
+        422,
+        True,
+    )
+    assert "PossiblyDelivered: yes" in shown
+
+    code, out, err = relay("redrive", "--all", "--yes")
+
+    assert code == 1
+    assert "held back: 1 possibly delivered" in out
+    assert "check with the provider" in err
+    assert (visible(aws, aws.dlq_url), visible(aws, aws.queue_url)) == (1, 0)
+
+    code, out, err = relay("redrive", "--all", "--yes", "--include-possibly-delivered")
+    delivery.poll_once()
+
+    assert (code, "moved 1" in out) == (0, True), err
+    assert [r.json["text"]["body"] for r in lancepilot.accepted()] == ["in doubt"]
     assert visible(aws, aws.dlq_url) == visible(aws, aws.queue_url) == 0

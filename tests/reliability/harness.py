@@ -220,6 +220,9 @@ CATALOGUE: dict[str, Kind] = {
 # quick ones (no Retry-After waits), so that its receives do not hold up their batches.
 EXHAUSTING = ("500", "502", "503", "504", "5xx malformed", "reset before read")
 PLANNED_ATTEMPTS = 12  # an ordinary message's plan; later requests (if any) are answered normally
+# Requests the relay sees go unanswered: the ambiguous ones, and a reset before the request was
+# read, which the relay cannot tell from a reset after it, though the provider never has it.
+UNANSWERED = frozenset({"hang", "reset after read", "reset before read"})
 
 # Fast settings, so that thousands of messages and their faults fit in a minute or two.
 SPEED = {
@@ -464,9 +467,15 @@ def report_path(messages: int, seed: int, given: str | None = None) -> Path:
 # --- the run -------------------------------------------------------------------------------------
 
 
-def run(messages: int, seed: int, environments: int = 4) -> Report:
-    """Push ``messages`` through the local stack under seeded faults; account for each one."""
+def run(messages: int, seed: int, environments: int = 4, save_to: Path | None = None) -> Report:
+    """Push ``messages`` through the local stack under seeded faults; account for each one.
+
+    The report is saved to ``save_to`` (default ``report_path``) once the accounting is done,
+    before the stack stops, so that a failure to stop cannot lose the figures; and again after,
+    with the run's whole time.
+    """
     report = Report(messages, seed)
+    path = save_to or report_path(messages, seed)  # before the stack touches the environment
     saved = dict(os.environ)
     started = time.monotonic()
     stack = DevStack(
@@ -503,12 +512,17 @@ def run(messages: int, seed: int, environments: int = 4) -> Report:
         report.queue_glitches = pollers.glitches()
         report.queue_calls = dict(pollers.calls)
         phase("account")
+        report.seconds = time.monotonic() - started
+        report.save(path)
     finally:
-        stack.stop()
-        phase("stop")
-        os.environ.clear()
-        os.environ.update(saved)
+        try:
+            stack.stop()
+            phase("stop")
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
     report.seconds = time.monotonic() - started
+    report.save(path)
     return report
 
 
@@ -798,7 +812,7 @@ def judge(item: Planned, trace: Trace) -> Verdict:
                 ("failed_though_accepted", f"{where}: parked as {kind} after the provider's 2xx")
             )
             return verdict(None)
-        problems = _reason_problems(item, trace, letter)
+        problems = _reason_problems(item, trace, letter, ambiguous)
         failures += [("bad_dead_letters", f"{where}: {problem}") for problem in problems]
         if problems or len(trace.parked) > 1:
             return verdict(None)
@@ -867,8 +881,15 @@ def _json_object(item: Planned, trace: Trace, answer: int) -> bool:
         return False
 
 
-def _reason_problems(item: Planned, trace: Trace, letter: dict[str, str]) -> list[str]:
-    """What is wrong with a dead letter's reason, given the faults its message met."""
+def _reason_problems(
+    item: Planned, trace: Trace, letter: dict[str, str], ambiguous: bool
+) -> list[str]:
+    """What is wrong with a dead letter's reason, given the faults its message met.
+
+    ``ambiguous``: the provider kept a request of the message without answering, so it may
+    have it, and a dead letter for it must say so (PossiblyDelivered) unless it is invalid.
+    One that says so must have met a request the relay saw go unanswered (``UNANSWERED``).
+    """
     kind, detail, status = (letter.get(k) for k in ("ErrorKind", "ErrorMessage", "ErrorStatus"))
     if kind is None:
         return [
@@ -912,6 +933,11 @@ def _reason_problems(item: Planned, trace: Trace, letter: dict[str, str]) -> lis
             problems.append(f"ErrorStatus {status}, but the last answer was {expected}")
     else:
         problems.append(f"unknown ErrorKind {kind!r}")
+    possibly = letter.get("PossiblyDelivered") == "true"
+    if ambiguous and kind in ("permanent", "exhausted") and not possibly:
+        problems.append(f"{kind} after an ambiguous send, but without PossiblyDelivered")
+    if possibly and not any(key in UNANSWERED for key in served):
+        problems.append(f"{kind} with PossiblyDelivered, but no request went unanswered")
     return problems
 
 
@@ -984,11 +1010,11 @@ def main() -> None:
         help=f"where to write the raw counts (default ${REPORT_ENV} or a temp file)",
     )
     args = parser.parse_args()
-    report = run(args.messages, args.seed, args.environments)
+    path = report_path(args.messages, args.seed, args.json)
+    report = run(args.messages, args.seed, args.environments, save_to=path)
     print(f"Run of {args.messages:,} messages, seed {args.seed}:\n")
     print(report.table())
-    saved = report.save(report_path(args.messages, args.seed, args.json))
-    print(f"\nraw counts: {saved}")
+    print(f"\nraw counts: {path}")
     if report.failed():
         raise SystemExit(f"FAILED: {report.summary()}")
 

@@ -86,8 +86,8 @@ def _item(entry="sqs", broken=False, exhausting=False, provider="lancepilot"):
     return Planned(0, "rel-0000000", entry, provider, {}, broken, exhausting, ())
 
 
-def _letter(kind, status=None, message="why"):
-    letter = {"ErrorKind": kind, "ErrorMessage": message, "RelayId": "r"}
+def _letter(kind, status=None, message="why", **more):
+    letter = {"ErrorKind": kind, "ErrorMessage": message, "RelayId": "r", **more}
     if status is not None:
         letter["ErrorStatus"] = str(status)
     return letter
@@ -145,7 +145,9 @@ def test_a_dead_letter_must_carry_the_reason_its_faults_call_for():
 
 
 def test_parked_or_refused_after_an_ambiguous_send_is_counted_apart():
-    parked = judge(_item(), Trace([None, 422], ["hang", "4xx"], [_letter("permanent", 422)]))
+    letter = {**_letter("permanent", 422), "PossiblyDelivered": "true"}
+    parked = judge(_item(), Trace([None, 422], ["hang", "4xx"], [letter]))
+    unflagged = judge(_item(), Trace([None, 422], ["hang", "4xx"], [_letter("permanent", 422)]))
     refused = judge(
         _item("http sync"),
         Trace(
@@ -159,8 +161,31 @@ def test_parked_or_refused_after_an_ambiguous_send_is_counted_apart():
     )
 
     assert (parked.state, parked.failures) == ("ambiguous parked permanent", ())
+    # Parked without saying it may have been delivered: a redrive would send it again unwarned.
+    assert [name for name, _ in unflagged.failures] == ["bad_dead_letters"]
     assert (refused.state, refused.failures) == ("ambiguous refused", ())
     assert (clean.state, clean.failures) == ("refused", ())
+
+
+def _dead_letter_problems(item, trace):
+    return [text for name, text in judge(item, trace).failures if name == "bad_dead_letters"]
+
+
+def test_parked_after_an_ambiguous_send_must_say_possibly_delivered():
+    maybe = {"PossiblyDelivered": "true"}
+    unflagged = Trace([None, 422], ["hang", "4xx"], [_letter("permanent", 422)])
+    exhausted = Trace([None, 503], ["reset after read", "503"], [_letter("exhausted", 503)])
+    clean = Trace([422], ["4xx"], [_letter("permanent", 422, **maybe)])
+    # A reset before the request was read: the provider never had it, but the relay cannot
+    # tell that from a reset after, so the flag is right there.
+    reset = Trace([503], ["reset before read", "503"], [_letter("exhausted", 503, **maybe)])
+
+    assert judge(_item(), unflagged).state is None
+    assert any("without PossiblyDelivered" in p for p in _dead_letter_problems(_item(), unflagged))
+    assert any("without PossiblyDelivered" in p for p in _dead_letter_problems(_item(), exhausted))
+    assert any("no request went unanswered" in p for p in _dead_letter_problems(_item(), clean))
+    assert judge(_item(exhausting=True), reset).failures == ()
+    assert judge(_item(exhausting=True), reset).state == "parked exhausted"
 
 
 def test_parked_or_refused_after_the_providers_2xx_arrived_fails():

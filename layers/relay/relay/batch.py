@@ -28,9 +28,10 @@ if TYPE_CHECKING:
     from relay.message import Message
     from relay.queue_worker import Outcome, QueuedMessage, QueueWorker
 
-# Kept back from the Lambda's remaining time after a send: the idempotency write and a
-# dead-letter send or visibility change (each bounded), and returning the batch's result.
-BATCH_MARGIN_SECONDS = 1.0 + 2 * AWS_CALL_LIMIT_SECONDS
+# Kept back from the Lambda's remaining time after a send, for at most three bounded AWS calls
+# (the idempotency record's write or delete; the ambiguous-send marker's write or read; a
+# dead-letter send or visibility change) and returning the batch's result.
+BATCH_MARGIN_SECONDS = 1.0 + 3 * AWS_CALL_LIMIT_SECONDS
 
 
 def send_lanes(settings: Settings) -> dict[ProviderName | None, Executor]:

@@ -6,12 +6,17 @@ so a caller or a redrive can try again. Keys are the caller's (``idempotency_key
 An HTTP request keeps one record, whichever way it went: a delivery, or ``{"status": "queued"}``
 for a message the webhook queued, which the delivery function then sends under the key
 ``{"relay_id": ...}``.
+
+Besides the records, the SQS path keeps a marker per relay id whose send ended without an
+answer (``mark_ambiguous``): the failure deleted the record, and the marker is what tells a
+later dead-lettering of the message that the provider may already have it.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aws_lambda_powertools.utilities.idempotency import (
@@ -25,7 +30,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyValidationError,
 )
 
-from relay.errors import DependencyUnavailable, InvalidMessage, RelayError
+from relay.errors import DependencyUnavailable, InvalidMessage, ProviderTimeout, RelayError
 from relay.observability import logger
 from relay.secrets import pooled
 
@@ -47,6 +52,10 @@ REPLAYED = "replayed"
 QUEUED = "queued"  # the status of a record the webhook kept for a message it queued
 # The attribute the webhook sets on what it queues; kept through dead-lettering and redrives.
 QUEUED_BY = "QueuedBy"
+# Markers of ambiguous sends, ``webhook-relay#ambiguous#<relay id>``: a prefix no Powertools key
+# (``webhook-relay#deliver#<hash>``) can have, in the same table and under its TTL attribute.
+AMBIGUOUS = "webhook-relay#ambiguous"
+EXPIRY_ATTRIBUTE = "expiration"  # Powertools' default, the table's TimeToLiveSpecification
 
 
 class InProgress(RelayError):
@@ -62,6 +71,7 @@ class Idempotency:
         self, session: boto3.session.Session, table: str, ttl_seconds: int, threads: int = 1
     ) -> None:
         client = session.client("dynamodb", config=pooled(threads))
+        self._client, self._table, self._ttl = client, table, ttl_seconds
         self.config = IdempotencyConfig(
             event_key_jmespath="key",
             payload_validation_jmespath="message",
@@ -85,7 +95,11 @@ class Idempotency:
         finished = threading.local()
 
         def remember(**kwargs: Any) -> dict[str, Any]:
-            finished.result = function(**kwargs)
+            try:
+                finished.result = function(**kwargs)
+            except ProviderTimeout as error:
+                finished.ambiguous = error
+                raise
             return finished.result  # type: ignore[no-any-return]
 
         wrapped = idempotent_function(
@@ -97,7 +111,7 @@ class Idempotency:
         )
 
         def guarded(**kwargs: Any) -> dict[str, Any]:
-            finished.result = None
+            finished.result = finished.ambiguous = None
             try:
                 result: dict[str, Any] = wrapped(**kwargs)
             except IdempotencyPersistenceLayerError:
@@ -106,12 +120,63 @@ class Idempotency:
                     # Report the work, or a retry would send the message a second time.
                     logger.warning("done, but the idempotency record could not be saved")
                     return dict(finished.result)
+                if finished.ambiguous is not None:
+                    # The send went out unanswered, then deleting its record failed: the
+                    # provider may have the message, which "store unavailable" would hide.
+                    raise finished.ambiguous from None
                 raise DependencyUnavailable("the idempotency store is unavailable") from None
             except (IdempotencyValidationError, IdempotencyAlreadyInProgressError) as error:
                 raise _refusal(error) from None
             return result
 
         return guarded  # type: ignore[return-value]
+
+    def mark_ambiguous(self, relay_id: str) -> None:
+        """Remember, for the idempotency window, that a send of ``relay_id`` may have gone out.
+
+        Best effort: on failure the message goes on as it would have (logged, no message data).
+        """
+        item = {
+            "id": {"S": _marker_key(relay_id)},
+            # Not a Powertools record, but shaped like one for whoever scans the table.
+            "status": {"S": "AMBIGUOUS"},
+            EXPIRY_ATTRIBUTE: {"N": str(int(time.time()) + self._ttl)},
+        }
+        try:
+            self._client.put_item(TableName=self._table, Item=item)
+        except Exception as error:  # best effort: nothing here may change the message's outcome
+            logger.warning(
+                "could not record the ambiguous send",
+                extra={"relay_id": relay_id, "error": type(error).__name__},
+            )
+
+    def possibly_delivered(self, relay_id: str) -> bool:
+        """Whether a send of ``relay_id`` ended without an answer (``mark_ambiguous``).
+
+        True also when the marker cannot be read: a redrive must not take an unknown for "never
+        sent". One consistent GetItem: the marker may be seconds old, from another invocation.
+        """
+        try:
+            found = self._client.get_item(
+                TableName=self._table,
+                Key={"id": {"S": _marker_key(relay_id)}},
+                ConsistentRead=True,
+                ProjectionExpression="#id",
+                ExpressionAttributeNames={"#id": "id"},
+            )
+        except Exception as error:
+            logger.warning(
+                "could not read the ambiguous-send marker; taking it as possibly delivered",
+                extra={"relay_id": relay_id, "error": type(error).__name__},
+            )
+            return True
+        # One past its expiry that DynamoDB has not removed yet counts too: the send it records
+        # may still have gone out.
+        return "Item" in found
+
+
+def _marker_key(relay_id: str) -> str:
+    return f"{AMBIGUOUS}#{relay_id}"
 
 
 def _refusal(error: Exception) -> RelayError:

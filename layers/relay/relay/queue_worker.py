@@ -24,6 +24,7 @@ from relay.idempotency import QUEUED_BY, REPLAYED, request_for
 from relay.intake import load_json
 from relay.message import parse_message
 from relay.observability import logger, outcomes
+from relay.queues import POSSIBLY_DELIVERED
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -82,6 +83,7 @@ class QueueWorker:
         self._defaults = defaults
         self._deliverer = deliverer
         self._queues = queues
+        self._idempotency = idempotency
         self._deliver_once = idempotency.once(deliverer.deliver_record)
 
     def parse(self, queued: QueuedMessage) -> Message | RelayError:
@@ -165,6 +167,9 @@ class QueueWorker:
         except RelayError as error:
             if isinstance(error, ProviderTimeout):
                 logger.warning("ambiguous send will be retried", extra={"relay_id": relay_id})
+                # The failure deleted the idempotency record: without this, a later receive that
+                # parks the message would not know the provider may already have it.
+                self._idempotency.mark_ambiguous(relay_id)
             return self._retry_or_park(queued, message, error, relay_id, key)
         except Exception as error:  # not the relay's own (a Powertools or botocore surprise)
             # The type only: an exception's text can carry message data.
@@ -182,7 +187,7 @@ class QueueWorker:
         if queued.receive_count >= self._settings.max_receive_count:
             detail = f"gave up after {queued.receive_count} receives: {error.message}"
             status = getattr(error, "provider_status", None)
-            return self._park(queued, message, "exhausted", status, detail, relay_id, key)
+            return self._park(queued, message, "exhausted", status, detail, relay_id, key, error)
         retry_after = error.retry_after if isinstance(error, ProviderUnavailable) else None
         raise Redeliver(error.reason, self.backoff(queued.receive_count, retry_after or 0))
 
@@ -199,13 +204,16 @@ class QueueWorker:
         detail: str,
         relay_id: str,
         key: str | None = None,
+        error: RelayError | None = None,
     ) -> Outcome:
+        possibly_delivered = self._possibly_delivered(queued, kind, relay_id, error)
         reason: dict[str, str | int | None] = {
             "ErrorKind": kind,
             "ErrorStatus": status,
             "ErrorMessage": detail,
             "RelayId": relay_id,
             "IdempotencyKey": key,
+            POSSIBLY_DELIVERED: "true" if possibly_delivered else None,
         }
         try:
             self._queues.dead_letter(queued.body, reason, queued.attributes)
@@ -227,9 +235,21 @@ class QueueWorker:
                 "error_kind": kind,
                 "provider_status": status,
                 "receive_count": queued.receive_count,
+                "possibly_delivered": possibly_delivered,
             },
         )
         return "dead_lettered"
+
+    def _possibly_delivered(
+        self, queued: QueuedMessage, kind: str, relay_id: str, error: RelayError | None
+    ) -> bool:
+        """Whether the provider may have the message being parked: its send now, or one on an
+        earlier receive (the marker), went unanswered; or it was parked so before (redriven)."""
+        if isinstance(error, ProviderTimeout) or queued.attribute(POSSIBLY_DELIVERED) == "true":
+            return True
+        if kind == "invalid":  # redriven as it is, it is parked again, never sent: no lookup
+            return False
+        return self._idempotency.possibly_delivered(relay_id)
 
 
 def redelivery_delay(receive_count: int, retry_after: int, base: float, cap: float) -> int:

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 MAX_ATTRIBUTES = 10  # SQS's limit per message
 MAX_ERROR_MESSAGE = 1024
+# "true" on a dead letter whose message may have reached the provider (an ambiguous send):
+# part of the reason, which the worker decides on each parking (honouring one a redriven
+# message came with), so a message's own is never copied over as is.
+POSSIBLY_DELIVERED = "PossiblyDelivered"
 
 
 class Queues:
@@ -71,8 +75,9 @@ class Queues:
         """Park a message with its reason: the body unchanged, the reason as attributes.
 
         The original attributes (RelayId, IdempotencyKey, a producer's own) come along so that
-        a redrive is recognised by idempotency; the reason's attributes take precedence when
-        SQS's ten-attribute limit forces a choice. Raises if the send fails.
+        a redrive is recognised by idempotency; the reason's attributes (PossiblyDelivered
+        among them) take precedence when SQS's ten-attribute limit forces a choice. Raises if
+        the send fails.
         """
         assert self.dead_letter_url is not None
         attributes: dict[str, MessageAttributeValueTypeDef] = {}
@@ -84,7 +89,7 @@ class Queues:
         for name, kept in original.items():
             # A redriven message's old reason is not this one's; a key the reason leaves
             # empty (an unparseable body has no key of its own) keeps the message's own.
-            if name.startswith("Error") or name in attributes:
+            if name.startswith("Error") or name == POSSIBLY_DELIVERED or name in attributes:
                 continue
             if len(attributes) < MAX_ATTRIBUTES:
                 attributes[name] = kept

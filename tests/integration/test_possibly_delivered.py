@@ -1,0 +1,236 @@
+"""A send that got no answer: the delivery function remembers it (a marker in the idempotency
+table) and a dead letter of that message says PossiblyDelivered, so a redrive does not resend it
+unawares. Through the real handler, moto and the sandbox providers."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from relay_local.esm import EventSourceMapping
+from relay_local.lambda_runtime import LambdaContext, load_function
+from relay_local.sandbox import Fault
+from tests.conftest import (
+    Webhook,
+    bearer,
+    fluents_message,
+    handler_session,
+    lancepilot_message,
+    received_records,
+)
+from tests.integration.test_delivery import attribute, dead_letters, send
+
+TTL = 14 * 24 * 3600  # IDEMPOTENCY_TTL_SECONDS' default: relay_env does not set it
+REFUSAL = {"message": "Validation error", "errors": {"number": ["is not on WhatsApp"]}}
+FLUENTS_REFUSAL = {"message": "to_number is invalid", "error": "Bad Request", "statusCode": 400}
+
+
+def marker(aws, relay_id: str) -> dict | None:
+    """The ambiguous-send marker for ``relay_id``, if the table has one."""
+    key = {"id": {"S": f"webhook-relay#ambiguous#{relay_id}"}}
+    return aws.dynamodb.get_item(TableName=aws.table, Key=key, ConsistentRead=True).get("Item")
+
+
+def log_lines(logs, message: str | None) -> list[dict]:
+    """The relay's log lines with this message (None: every line)."""
+    lines = [json.loads(line) for line in logs.getvalue().splitlines() if line.startswith("{")]
+    return [line for line in lines if message is None or line.get("message") == message]
+
+
+def mapping(aws) -> EventSourceMapping:
+    """The delivery function, loaded now: after any botocore hook the test has registered."""
+    handler = load_function("delivery").lambda_handler
+    return EventSourceMapping(aws.sqs, aws.queue_url, handler, wait_seconds=0, timeout_s=30)
+
+
+def last_receive(aws) -> dict:
+    """The one queued message as the event source hands it over on its last allowed receive."""
+    [record] = received_records(aws, 1)
+    record["attributes"]["ApproximateReceiveCount"] = str(aws.max_receive_count)
+    return record
+
+
+@pytest.fixture
+def dynamodb_calls(relay_env):
+    """The DynamoDB operations the handlers make, in order (clients created after this)."""
+    calls: list[str] = []
+
+    def seen(model, **_):
+        calls.append(model.name)
+
+    events = handler_session().events
+    events.register("before-call.dynamodb", seen)
+    yield calls
+    events.unregister("before-call.dynamodb", seen)
+
+
+@pytest.fixture
+def failing_marker_write(relay_env):
+    """PutItem of a marker fails (Powertools' own PutItems go through), for clients made after."""
+
+    def fail(params, **_):
+        if params["Item"]["id"]["S"].startswith("webhook-relay#ambiguous#"):
+            raise ClientError({"Error": {"Code": "InternalServerError"}}, "PutItem")
+
+    events = handler_session().events
+    events.register("before-parameter-build.dynamodb.PutItem", fail)
+    yield
+    events.unregister("before-parameter-build.dynamodb.PutItem", fail)
+
+
+# --- parked after an ambiguous send ----------------------------------------------------------
+
+
+def test_an_unanswered_send_then_a_refusal_is_parked_as_possibly_delivered(
+    delivery, aws, lancepilot, logs
+):
+    lancepilot.enqueue(Fault.hang(1.5), Fault.status(422, REFUSAL))
+    send(aws, lancepilot_message(), RelayId="relay-a")
+
+    first = delivery.poll_once()  # no answer within the read timeout: handed back
+    written = marker(aws, "relay-a")
+    time.sleep(1.1)  # the first receive's backoff (REDELIVERY_BASE_SECONDS=1)
+    delivery.drain(idle_seconds=1.5, limit_s=10)
+
+    assert first.failed
+    assert written is not None
+    assert abs(int(written["expiration"]["N"]) - (time.time() + TTL)) < 60
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "ErrorKind") == "permanent"
+    assert attribute(parked, "ErrorStatus") == "422"
+    assert parked["MessageAttributes"]["PossiblyDelivered"] == {
+        "DataType": "String",
+        "StringValue": "true",
+    }
+    assert [r.answered for r in lancepilot.received] == [None, 422]
+    [line] = log_lines(logs, "message dead-lettered")
+    assert (line["relay_id"], line["possibly_delivered"]) == ("relay-a", True)
+
+
+def test_a_refusal_without_an_unanswered_send_is_not_possibly_delivered(
+    dynamodb_calls, aws, fluents, logs
+):
+    fluents.set_default(Fault.status(400, FLUENTS_REFUSAL))
+    send(aws, fluents_message(), RelayId="relay-b")
+
+    mapping(aws).poll_once()
+
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "ErrorKind") == "permanent"
+    assert "PossiblyDelivered" not in parked["MessageAttributes"]
+    assert marker(aws, "relay-b") is None
+    assert dynamodb_calls.count("GetItem") == 1  # the marker, read once, only to park
+    [line] = log_lines(logs, "message dead-lettered")
+    assert line["possibly_delivered"] is False
+
+
+def test_a_delivered_message_reads_no_marker(dynamodb_calls, aws, fluents):
+    send(aws, fluents_message())
+
+    assert mapping(aws).poll_once().failed == []
+    assert "GetItem" not in dynamodb_calls
+
+
+def test_exhausted_after_an_unanswered_send_is_possibly_delivered(delivery, aws, lancepilot):
+    # The unanswered send on the first receive; the last receive's error is a plain 503.
+    lancepilot.enqueue(Fault.reset_after_read())
+    lancepilot.set_default(Fault.status(503))
+    send(aws, lancepilot_message(), RelayId="relay-c")
+
+    delivery.drain(idle_seconds=2.2, limit_s=20)  # MAX_RECEIVE_COUNT=3 in the test environment
+
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "ErrorKind") == "exhausted"
+    assert attribute(parked, "ErrorStatus") == "503"
+    assert attribute(parked, "PossiblyDelivered") == "true"
+    assert lancepilot.received[0].answered is None
+
+
+def test_unanswered_on_the_last_receive_is_possibly_delivered_though_the_marker_failed(
+    failing_marker_write, aws, lancepilot, logs
+):
+    # Ten attributes of the producer's own: the reason's still take precedence.
+    producer = {f"Producer{i}": str(i) for i in range(10)}
+    lancepilot.enqueue(Fault.hang(1.0))
+    send(aws, lancepilot_message(), **producer)
+    handler = load_function("delivery").lambda_handler
+
+    answer = handler({"Records": [last_receive(aws)]}, LambdaContext())
+
+    assert answer == {"batchItemFailures": []}  # parked: the failed marker changed nothing
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "ErrorKind") == "exhausted"
+    assert attribute(parked, "PossiblyDelivered") == "true"  # its own send went unanswered
+    assert len(parked["MessageAttributes"]) == 10
+    assert aws.dynamodb.scan(TableName=aws.table)["Items"] == []
+    [failed] = log_lines(logs, "could not record the ambiguous send")
+    assert failed["error"] == "ClientError"
+    assert "14155550123" not in logs.getvalue()  # no message data
+
+
+def test_a_marker_that_cannot_be_read_counts_as_possibly_delivered(
+    relay_env, failing_aws_call, aws, fluents, logs
+):
+    failing_aws_call("dynamodb.GetItem")  # Powertools reads nothing for a new key: the marker's
+    fluents.set_default(Fault.status(400, FLUENTS_REFUSAL))
+    send(aws, fluents_message(), RelayId="relay-d")
+
+    mapping(aws).poll_once()
+
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "PossiblyDelivered") == "true"  # the safe side: a redrive waits
+    [unread] = [line for line in log_lines(logs, None) if "marker" in line["message"]]
+    assert unread["level"] == "WARNING"
+
+
+@pytest.mark.parametrize(("carried", "parked_with"), [("true", "true"), ("false", None)])
+def test_a_redriven_letter_keeps_its_own_flag_and_no_other(
+    delivery, aws, fluents, carried, parked_with
+):
+    fluents.set_default(Fault.status(400, FLUENTS_REFUSAL))
+    send(aws, fluents_message(), RelayId="relay-e", PossiblyDelivered=carried)
+
+    delivery.poll_once()
+
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "PossiblyDelivered") == parked_with
+
+
+def test_a_failed_record_delete_after_an_unanswered_send_still_leaves_the_marker(
+    relay_env, failing_aws_call, aws, lancepilot, logs
+):
+    # The send's outcome (no answer) must not be lost to "the store is unavailable".
+    failing_aws_call("dynamodb.DeleteItem")
+    lancepilot.enqueue(Fault.hang(1.0))
+    message_id = send(aws, lancepilot_message(), RelayId="relay-f")
+    handler = load_function("delivery").lambda_handler
+
+    answer = handler({"Records": received_records(aws, 1)}, LambdaContext())
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": message_id}]}
+    assert marker(aws, "relay-f") is not None
+    assert log_lines(logs, "ambiguous send will be retried")
+
+
+def test_the_http_path_leaves_no_marker(webhook, aws, lancepilot):
+    lancepilot.enqueue(Fault.hang(1.0))
+
+    answer = webhook.post(lancepilot_message(), headers=bearer())
+
+    assert answer.status == 504  # the caller is told; nothing is resent
+    assert aws.dynamodb.scan(TableName=aws.table)["Items"] == []
+
+
+def test_a_failed_record_delete_after_an_unanswered_send_is_still_504_on_http(
+    relay_env, failing_aws_call, aws, lancepilot
+):
+    failing_aws_call("dynamodb.DeleteItem")
+    webhook = Webhook(load_function("webhook"))
+    lancepilot.enqueue(Fault.hang(1.0))
+
+    answer = webhook.post(lancepilot_message(idempotency_key="k-1"), headers=bearer())
+
+    assert answer.status == 504  # the provider may have it: not a 503 inviting a retry
