@@ -480,7 +480,7 @@ class RedriveSummary:
     stale: int = 0  # selected, but older than the key TTL: held back unless include_stale
     include_stale: bool = False
     unkeyable: int = 0  # selected, but no key and no room for a RelayId: always held back
-    # Selected (and not stale), but PossiblyDelivered: held back unless include_possibly_delivered.
+    # Selected, not held back otherwise, but PossiblyDelivered: held back unless included.
     possibly_delivered: int = 0
     include_possibly_delivered: bool = False
 

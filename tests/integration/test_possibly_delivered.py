@@ -110,6 +110,24 @@ def test_an_unanswered_send_then_a_refusal_is_parked_as_possibly_delivered(
     assert (line["relay_id"], line["possibly_delivered"]) == ("relay-a", True)
 
 
+def test_another_copy_with_the_same_key_is_flagged_too(delivery, aws, lancepilot):
+    # A producer's retry: two messages, one key. The first copy's send goes unanswered; the
+    # second is refused and parked: the provider may have the first, the same message.
+    lancepilot.enqueue(Fault.hang(1.5), Fault.status(422, REFUSAL))
+    send(aws, lancepilot_message(idempotency_key="order-7"), RelayId="copy-a")
+    assert delivery.poll_once().failed  # handed back, with a backoff of at least 1 s
+    send(aws, lancepilot_message(idempotency_key="order-7"), RelayId="copy-b")
+
+    delivery.poll_once()  # only the second copy is visible yet
+
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "RelayId") == "copy-b"
+    assert attribute(parked, "ErrorKind") == "permanent"
+    assert attribute(parked, "PossiblyDelivered") == "true"
+    assert marker(aws, "order-7") is not None
+    assert marker(aws, "copy-a") is None  # kept under the key, as the delivery would be
+
+
 def test_a_refusal_without_an_unanswered_send_is_not_possibly_delivered(
     dynamodb_calls, aws, fluents, logs
 ):
@@ -149,8 +167,8 @@ def test_exhausted_after_an_unanswered_send_is_possibly_delivered(delivery, aws,
     assert lancepilot.received[0].answered is None
 
 
-def test_unanswered_on_the_last_receive_is_possibly_delivered_though_the_marker_failed(
-    failing_marker_write, aws, lancepilot, logs
+def test_unanswered_on_the_last_receive_is_possibly_delivered_with_no_marker(
+    relay_env, aws, lancepilot
 ):
     # Ten attributes of the producer's own: the reason's still take precedence.
     producer = {f"Producer{i}": str(i) for i in range(10)}
@@ -160,11 +178,26 @@ def test_unanswered_on_the_last_receive_is_possibly_delivered_though_the_marker_
 
     answer = handler({"Records": [last_receive(aws)]}, LambdaContext())
 
-    assert answer == {"batchItemFailures": []}  # parked: the failed marker changed nothing
+    assert answer == {"batchItemFailures": []}
     [parked] = dead_letters(aws)
     assert attribute(parked, "ErrorKind") == "exhausted"
     assert attribute(parked, "PossiblyDelivered") == "true"  # its own send went unanswered
     assert len(parked["MessageAttributes"]) == 10
+    # No later receive will need a marker: none is written (one AWS call less, late in time).
+    assert aws.dynamodb.scan(TableName=aws.table)["Items"] == []
+
+
+def test_a_marker_that_cannot_be_written_changes_nothing_else(
+    failing_marker_write, aws, lancepilot, logs
+):
+    lancepilot.enqueue(Fault.hang(1.0))
+    send(aws, lancepilot_message())
+    [record] = received_records(aws, 1)
+    handler = load_function("delivery").lambda_handler
+
+    answer = handler({"Records": [record]}, LambdaContext())
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
     assert aws.dynamodb.scan(TableName=aws.table)["Items"] == []
     [failed] = log_lines(logs, "could not record the ambiguous send")
     assert failed["error"] == "ClientError"

@@ -334,10 +334,11 @@ def test_a_parked_message_always_fits_the_dead_letter_queue(resources: dict[str,
 
     # SQS counts attributes against the size limit. A delivery message at its limit (its own
     # attributes included) gains the reason: at most ten more attributes, each a name, a type
-    # and a value no longer than the error message (or a 255-character key).
+    # and a value no longer than the error message (or a 255-character key), each character
+    # at most six bytes (a ``\uXXXX`` escape of one SQS refuses).
     queue = resources["DeliveryQueue"]["Properties"]["MaximumMessageSize"]
     dlq = resources["DeliveryDeadLetterQueue"]["Properties"]["MaximumMessageSize"]
-    reason = MAX_ATTRIBUTES * (256 + len("String") + 4 * MAX_ERROR_MESSAGE)  # 4 bytes a char
+    reason = MAX_ATTRIBUTES * (256 + len("String") + 6 * MAX_ERROR_MESSAGE)
     assert queue + reason <= dlq <= 1048576  # SQS's largest
     assert queue >= 2 * MAX_BODY_BYTES  # a webhook body and the attributes it is queued with
 

@@ -56,6 +56,9 @@ QUEUED_BY = "QueuedBy"
 # (``webhook-relay#deliver#<hash>``) can have, in the same table and under its TTL attribute.
 AMBIGUOUS = "webhook-relay#ambiguous"
 EXPIRY_ATTRIBUTE = "expiration"  # Powertools' default, the table's TimeToLiveSpecification
+# A marker must last until its message is parked, which carries the flag on: at least as long
+# as the delivery queue keeps a message (template.yaml's MessageRetentionPeriod, 4 days).
+MARKER_MIN_TTL_SECONDS = 4 * 24 * 3600
 
 
 class InProgress(RelayError):
@@ -131,16 +134,20 @@ class Idempotency:
 
         return guarded  # type: ignore[return-value]
 
-    def mark_ambiguous(self, relay_id: str) -> None:
-        """Remember, for the idempotency window, that a send of ``relay_id`` may have gone out.
+    def mark_ambiguous(self, key: str, relay_id: str) -> None:
+        """Remember that a send of the message with this idempotency ``key`` may have gone out:
+        for the idempotency window, and at least while the delivery queue may hold it.
 
-        Best effort: on failure the message goes on as it would have (logged, no message data).
+        Keyed like the delivery, not by relay id: another copy of the message (a producer's
+        retry, the same key) that is parked later is then flagged too. Best effort: on failure
+        the message goes on as it would have (logged, no message data).
         """
+        ttl = max(self._ttl, MARKER_MIN_TTL_SECONDS)
         item = {
-            "id": {"S": _marker_key(relay_id)},
+            "id": {"S": _marker_key(key)},
             # Not a Powertools record, but shaped like one for whoever scans the table.
             "status": {"S": "AMBIGUOUS"},
-            EXPIRY_ATTRIBUTE: {"N": str(int(time.time()) + self._ttl)},
+            EXPIRY_ATTRIBUTE: {"N": str(int(time.time()) + ttl)},
         }
         try:
             self._client.put_item(TableName=self._table, Item=item)
@@ -150,8 +157,9 @@ class Idempotency:
                 extra={"relay_id": relay_id, "error": type(error).__name__},
             )
 
-    def possibly_delivered(self, relay_id: str) -> bool:
-        """Whether a send of ``relay_id`` ended without an answer (``mark_ambiguous``).
+    def possibly_delivered(self, key: str, relay_id: str) -> bool:
+        """Whether a send of the message with this ``key`` ended without an answer
+        (``mark_ambiguous``); ``relay_id`` is for the log.
 
         True also when the marker cannot be read: a redrive must not take an unknown for "never
         sent". One consistent GetItem: the marker may be seconds old, from another invocation.
@@ -159,7 +167,7 @@ class Idempotency:
         try:
             found = self._client.get_item(
                 TableName=self._table,
-                Key={"id": {"S": _marker_key(relay_id)}},
+                Key={"id": {"S": _marker_key(key)}},
                 ConsistentRead=True,
                 ProjectionExpression="#id",
                 ExpressionAttributeNames={"#id": "id"},
@@ -175,8 +183,8 @@ class Idempotency:
         return "Item" in found
 
 
-def _marker_key(relay_id: str) -> str:
-    return f"{AMBIGUOUS}#{relay_id}"
+def _marker_key(key: str) -> str:
+    return f"{AMBIGUOUS}#{key}"
 
 
 def _refusal(error: Exception) -> RelayError:

@@ -165,11 +165,13 @@ class QueueWorker:
                 queued, message, "permanent", error.provider_status, detail, relay_id, key
             )
         except RelayError as error:
-            if isinstance(error, ProviderTimeout):
+            last = queued.receive_count >= self._settings.max_receive_count
+            if isinstance(error, ProviderTimeout) and not last:
                 logger.warning("ambiguous send will be retried", extra={"relay_id": relay_id})
                 # The failure deleted the idempotency record: without this, a later receive that
-                # parks the message would not know the provider may already have it.
-                self._idempotency.mark_ambiguous(relay_id)
+                # parks the message would not know the provider may already have it. (On the
+                # last receive the parking below flags it from the error itself.)
+                self._idempotency.mark_ambiguous(key, relay_id)
             return self._retry_or_park(queued, message, error, relay_id, key)
         except Exception as error:  # not the relay's own (a Powertools or botocore surprise)
             # The type only: an exception's text can carry message data.
@@ -206,7 +208,7 @@ class QueueWorker:
         key: str | None = None,
         error: RelayError | None = None,
     ) -> Outcome:
-        possibly_delivered = self._possibly_delivered(queued, kind, relay_id, error)
+        possibly_delivered = self._possibly_delivered(queued, message, key, relay_id, error)
         reason: dict[str, str | int | None] = {
             "ErrorKind": kind,
             "ErrorStatus": status,
@@ -241,15 +243,22 @@ class QueueWorker:
         return "dead_lettered"
 
     def _possibly_delivered(
-        self, queued: QueuedMessage, kind: str, relay_id: str, error: RelayError | None
+        self,
+        queued: QueuedMessage,
+        message: Message | None,
+        key: str | None,
+        relay_id: str,
+        error: RelayError | None,
     ) -> bool:
         """Whether the provider may have the message being parked: its send now, or one on an
         earlier receive (the marker), went unanswered; or it was parked so before (redriven)."""
-        if isinstance(error, ProviderTimeout) or queued.attribute(POSSIBLY_DELIVERED) == "true":
+        flagged = (queued.attribute(POSSIBLY_DELIVERED) or "").lower() == "true"
+        if isinstance(error, ProviderTimeout) or flagged:
             return True
-        if kind == "invalid":  # redriven as it is, it is parked again, never sent: no lookup
+        if message is None or key is None:  # a body that is no message was never sent
             return False
-        return self._idempotency.possibly_delivered(relay_id)
+        # A key refused as used for another message may still follow an unanswered send.
+        return self._idempotency.possibly_delivered(key, relay_id)
 
 
 def redelivery_delay(receive_count: int, retry_after: int, base: float, cap: float) -> int:
