@@ -74,6 +74,18 @@ def breakdown(site: Path) -> dict[str, int]:
     return dict(sorted(sizes.items(), key=lambda item: -item[1]))
 
 
+def powertools(site: Path) -> dict[str, int]:
+    """Bytes per Powertools subpackage (utilities.* and event_handler.* one level deeper): half
+    the layer, of which the handlers import only a few parts."""
+    root = site / "aws_lambda_powertools"
+    sizes: dict[str, int] = defaultdict(int)
+    for path in files(root):
+        parts = [p for p in path.relative_to(root).parts[:-1] if p != "__pycache__"]
+        depth = 2 if parts[:1] in (["utilities"], ["event_handler"]) else 1
+        sizes[".".join(parts[:depth]) or "(top level)"] += path.stat().st_size
+    return dict(sorted(sizes.items(), key=lambda item: -item[1]))
+
+
 def measure(build: Path) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
     """Each artifact's files, bytes and zipped bytes; the layer's bytes per package."""
     artifacts = {}
@@ -105,6 +117,7 @@ def main() -> None:
             build = Path(scratch) / "build"
             sam_build(build)
         artifacts, layer = measure(build)
+        powertools_parts = powertools(build / "RelayLayer" / "python")  # before scratch goes
     if not artifacts["RelayLayer"]["bytecode_files"]:
         raise SystemExit("the layer was built without its bytecode: nothing written")
     runtime = [p for p in IN_RUNTIME if p in layer]
@@ -114,6 +127,7 @@ def main() -> None:
             "benchmark": "build",
             "artifacts": artifacts,
             "layer_packages": layer,
+            "powertools_packages": powertools_parts,
             "runtime_packages_in_layer": runtime,
         },
     )
@@ -149,6 +163,9 @@ def main() -> None:
             ["package", "KB"], [[name, f"{size / kb:,.0f}"] for name, size in layer.items()]
         )
     )
+    print("\n## Powertools, by subpackage (unzipped, top 12)\n")
+    parts = list(powertools_parts.items())[:12]
+    print(markdown_table(["subpackage", "KB"], [[n, f"{s / kb:,.0f}"] for n, s in parts]))
     print(f"\nPackages the runtime already has, found in the layer: {runtime or 'none'}")
     print(f"\nWrote {out}")
     if runtime:
