@@ -634,10 +634,18 @@ def table(result: dict[str, Any]) -> str:
 def targets(result: dict[str, Any]) -> str:
     cells = {(c["mix"], c["size"], c["latency_ms"]): c for c in result["cells"]}
     out = []
+    # With DynamoDB stubbed the figures show moto's share; the targets are judged on moto.
+    stubbed = result["meta"].get("dynamodb", "moto_server") != "moto_server"
+    if stubbed:
+        out.append(f"- DynamoDB {result['meta']['dynamodb']}: no target verdicts")
     ten = cells.get(("single", 10, 200))
     if ten and ten["relay_ms"] is not None:
-        verdict = "met" if ten["relay_ms"] <= 300 else "missed"
-        out.append(f"- 10 messages at 200 ms: {ten['relay_ms']} ms, target ≤ 300 ms: {verdict}")
+        verdict = (
+            ""
+            if stubbed
+            else ", target ≤ 300 ms: " + ("met" if ten["relay_ms"] <= 300 else "missed")
+        )
+        out.append(f"- 10 messages at 200 ms: {ten['relay_ms']} ms{verdict}")
         if ten["speedup"] is not None:
             verdict = "met" if ten["speedup"] >= 6 else "missed"
             out.append(

@@ -607,12 +607,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(verdict.answer)
 
     def _serve_counted(self) -> None:
-        sandbox = self.server.sandbox
-        sandbox._flight(+1)
+        self.server.sandbox._flight(+1)
+        self._counted = True
         try:
             self._serve()
         finally:
-            sandbox._flight(-1)
+            self._landed()
+
+    def _landed(self) -> None:
+        """The request is no longer in flight: counted before its answer is written, since the
+        client may send its next request (on another connection) as soon as it has read it."""
+        if getattr(self, "_counted", False):
+            self._counted = False
+            self.server.sandbox._flight(-1)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve_counted
 
@@ -647,6 +654,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_raw(
         self, status: int, body: bytes, headers: tuple[tuple[str, str], ...], drip: float = 0.0
     ) -> None:
+        self._landed()
         try:
             self.send_response(status)
             for name, value in headers:
@@ -666,6 +674,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reset(self) -> None:
         """Close the connection with an RST instead of a FIN."""
+        self._landed()
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
