@@ -5,6 +5,7 @@ flight at the kill (their outcome was never learned, so they may go out again)."
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 
+from relay.batch import BATCH_MARGIN_SECONDS
 from relay_local import resources
 from relay_local.lambda_runtime import REPO
 from relay_local.sandbox import ProviderSandbox
@@ -29,7 +31,10 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reliability")]
 
-LAMBDA_TIMEOUT_S = 20  # the worker's; in-progress idempotency records expire with it
+# The worker's; in-progress idempotency records expire with it. Sends start only while an
+# attempt (1 s connect + 4 s read, below) and the batch's margin for the AWS calls after a
+# send still fit: this leaves 2 s to start them in.
+LAMBDA_TIMEOUT_S = math.ceil(BATCH_MARGIN_SECONDS) + 5 + 2
 # The queue's visibility timeout, at least the function's timeout (as SQS event sources
 # require; the template uses six times): shortened from 360 s so the test does not wait.
 VISIBILITY_S = LAMBDA_TIMEOUT_S
