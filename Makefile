@@ -16,8 +16,10 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml layers/relay/requirements.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml layers/relay/requirements.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
@@ -27,7 +29,8 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	rm -f $(VENV)/.bench-* && touch $@
 
-$(CHECKOV_STAMP):
+# After .venv exists (it holds this one): with make -j the two never race to create it.
+$(CHECKOV_STAMP): | $(BIN)/python
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
@@ -53,7 +56,9 @@ security: $(STAMP) $(CHECKOV_STAMP) ## cfn-lint and checkov over template.yaml (
 	CKV_SKIP_PACKAGE_UPDATE_CHECK=true $(CHECKOV) --config-file .checkov.yaml \
 		--framework cloudformation --file template.yaml --quiet --compact
 
-test: lint typecheck validate security ## lint, types, template, security scan and every test
+test: ## lint, types, template, security scan and every test
+	@# Two at a time: the two virtualenvs install side by side, mypy beside the scans.
+	$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck validate security
 	$(BIN)/pytest -n 2 --dist loadgroup  # two workers; the reliability tests share one
 
 reliability: $(STAMP) ## 2,000 messages under seeded faults; prints docs/reliability.md's table
