@@ -75,6 +75,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from relay_local.checkout import revision
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
     from types import TracebackType
@@ -695,21 +697,9 @@ def git_revision() -> dict[str, Any]:
     another) and whether its work tree had changes (``git status --porcelain``, untracked files
     included): a dirty result measured code that no commit holds."""
 
-    def of(root: Path) -> dict[str, Any]:
-        def git(*args: str) -> str:
-            done = subprocess.run(
-                ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
-            )
-            return done.stdout.strip()
-
-        try:
-            return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
-        except (OSError, subprocess.CalledProcessError):
-            return {"commit": None, "dirty": None}
-
-    found = of(RELAY_ROOT)
+    found = revision(RELAY_ROOT)
     if RELAY_ROOT != REPO:
-        bench = of(REPO)
+        bench = revision(REPO)
         found |= {"bench_commit": bench["commit"], "bench_dirty": bench["dirty"]}
     return found
 

@@ -172,6 +172,13 @@ def intercept(monkeypatch, operation: str, answer) -> list[dict]:
     return calls
 
 
+def move_task_ready(monkeypatch) -> list[dict]:
+    """SQS as on AWS with no move task running (moto has none): the parameters of every
+    StartMessageMoveTask call, which moto then answers by failing, so the tool's loop runs."""
+    intercept(monkeypatch, "ListMessageMoveTasks", lambda params: {"Results": []})
+    return intercept(monkeypatch, "StartMessageMoveTask", lambda params: None)
+
+
 def fail_once(monkeypatch, operation: str) -> None:
     """Make the next AWS call of ``operation`` fail, as an SQS hiccup or a dropped line would."""
 
@@ -565,8 +572,7 @@ def test_dead_letters_older_than_the_key_ttl_are_held_back_unless_included(
     # the older one has just passed it.
     monkeypatch.setattr(dlq, "utc_now", lambda: sent[new] + timedelta(seconds=14 * 86400))
     # As on AWS with no task running: the task cannot hold one back, so the loop is used.
-    intercept(monkeypatch, "ListMessageMoveTasks", lambda params: {"Results": []})
-    starts = intercept(monkeypatch, "StartMessageMoveTask", lambda params: None)
+    starts = move_task_ready(monkeypatch)
 
     code, out, err = relay("redrive", "--all", "--yes")
 
@@ -602,8 +608,7 @@ def test_possibly_delivered_letters_are_held_back_and_keep_all_from_the_move_tas
     )
     park(queues, lancepilot_message(text="not sent"), "exhausted", 503, relay_id="relay-no")
     # As on AWS with no task running: the task cannot hold one back, so the loop is used.
-    intercept(monkeypatch, "ListMessageMoveTasks", lambda params: {"Results": []})
-    starts = intercept(monkeypatch, "StartMessageMoveTask", lambda params: None)
+    starts = move_task_ready(monkeypatch)
 
     code, out, err = relay("redrive", "--all", "--yes")
 
@@ -1210,8 +1215,7 @@ def test_a_delivered_message_the_queue_dead_lettered_is_not_delivered_again(
     assert (dead["message_id"], dead["kind"], dead["relay_id"]) == (message_id, None, None)
     assert len(lancepilot.received) == 1
     # As on AWS with no task running: the tool looks at the dead letters before starting one.
-    intercept(monkeypatch, "ListMessageMoveTasks", lambda params: {"Results": []})
-    starts = intercept(monkeypatch, "StartMessageMoveTask", lambda params: None)
+    starts = move_task_ready(monkeypatch)
 
     code, out, err = relay("redrive", "--all", "--yes")
 

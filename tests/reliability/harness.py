@@ -26,7 +26,6 @@ import json
 import os
 import random
 import re
-import subprocess
 import tempfile
 import threading
 import time
@@ -40,6 +39,8 @@ from typing import Any, Literal
 import boto3
 import urllib3
 
+from relay_local.checkout import revision
+from relay_local.lambda_runtime import REPO
 from relay_local.sandbox import Fault, Received
 from relay_local.stack import DEV_API_KEY, DevStack
 
@@ -428,7 +429,7 @@ class Report:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            **_checkout(),
+            **revision(REPO, "layers", "functions", "local", "tests"),
             "messages": self.messages,
             "seed": self.seed,
             "seconds": round(self.seconds, 1),
@@ -452,26 +453,6 @@ class Report:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.as_json(), indent=2) + "\n", encoding="utf-8")
         return path
-
-
-def _checkout() -> dict[str, Any]:
-    """The commit run, and whether the work tree differed from it: which code the counts are
-    for."""
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", *args], capture_output=True, text=True, timeout=30, check=True
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip()
-
-    status = git("status", "--porcelain", "--", "layers", "functions", "local", "tests")
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "dirty": bool(status) if status is not None else None,
-    }
 
 
 def _n(value: int) -> str:

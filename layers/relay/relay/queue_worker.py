@@ -165,8 +165,7 @@ class QueueWorker:
                 queued, message, "permanent", error.provider_status, detail, relay_id, key
             )
         except RelayError as error:
-            last = queued.receive_count >= self._settings.max_receive_count
-            if isinstance(error, ProviderTimeout) and not last:
+            if isinstance(error, ProviderTimeout) and not self._last_receive(queued):
                 logger.warning("ambiguous send will be retried", extra={"relay_id": relay_id})
                 # The failure deleted the idempotency record: without this, a later receive that
                 # parks the message would not know the provider may already have it. (On the
@@ -186,12 +185,16 @@ class QueueWorker:
     def _retry_or_park(
         self, queued: QueuedMessage, message: Message, error: RelayError, relay_id: str, key: str
     ) -> Outcome:
-        if queued.receive_count >= self._settings.max_receive_count:
+        if self._last_receive(queued):
             detail = f"gave up after {queued.receive_count} receives: {error.message}"
             status = getattr(error, "provider_status", None)
             return self._park(queued, message, "exhausted", status, detail, relay_id, key, error)
         retry_after = error.retry_after if isinstance(error, ProviderUnavailable) else None
         raise Redeliver(error.reason, self.backoff(queued.receive_count, retry_after or 0))
+
+    def _last_receive(self, queued: QueuedMessage) -> bool:
+        """No receive follows this one: the relay parks the message rather than hand it back."""
+        return queued.receive_count >= self._settings.max_receive_count
 
     def backoff(self, receive_count: int, retry_after: int = 0) -> int:
         s = self._settings
