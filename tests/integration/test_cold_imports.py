@@ -23,6 +23,8 @@ KEPT_OUT = {
     "aws_lambda_powertools.event_handler": "the webhook routes its one route by hand",
     "aws_lambda_powertools.utilities.batch": "BatchRun builds the partial batch response",
     "aws_lambda_powertools.utilities.parameters": "relay.secrets reads Secrets Manager itself",
+    "phonenumbers.asyoutypeformatter": "relay.phone loads phonenumberutil without the package",
+    "phonenumbers.phonenumbermatcher": "relay.phone loads phonenumberutil without the package",
 }
 
 # Load functions/<name>/app.py as the Lambda bootstrap does, then list what is loaded.
@@ -53,3 +55,30 @@ def test_a_handler_loads_without_what_was_taken_out_of_its_cold_start(relay_env,
 
     assert "aws_xray_sdk.core" in loaded  # tracing is on, as deployed
     assert {name: why for name, why in KEPT_OUT.items() if name in loaded} == {}
+
+
+# relay.phone loads phonenumberutil without running the package's __init__; whatever imports
+# phonenumbers afterwards must still get the whole package, sharing the loaded modules.
+_LATER_IMPORT = """
+import sys
+from relay.phone import is_valid_number, _phonenumbers
+assert is_valid_number("+4915112345678") and not is_valid_number("+4900000000")
+assert "phonenumbers" not in sys.modules
+import phonenumbers
+assert phonenumbers.parse is _phonenumbers.parse
+assert phonenumbers.AsYouTypeFormatter("DE").input_digit("0") == "0"
+print("ok")
+"""
+
+
+def test_phonenumbers_imported_after_the_relay_is_the_whole_package():
+    env = {**os.environ, "PYTHONPATH": str(REPO / "layers" / "relay")}
+    done = subprocess.run(
+        [sys.executable, "-c", _LATER_IMPORT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
