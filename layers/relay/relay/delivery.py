@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
@@ -76,28 +77,32 @@ class Deliverer:
         # The provider's slot first (OutOfTime if none comes in time): waiting for one is
         # neither latency nor a provider error. A subsegment per send: provider and outcome as
         # annotations, never the message.
-        with (
-            self._transport.slot(request.url, deadline) as deadline,
-            tracer.provider.in_subsegment(f"## {message.provider} send") as subsegment,
-        ):
-            subsegment.put_annotation("provider", message.provider)
-            started = time.monotonic()
-            error: RelayError
-            try:
-                reply = self._transport.post(request, deadline, on_retry)
-                delivery = self._settle(message, relay_id, reply, started, context)
-            except SendUnconfirmed as exc:
-                error = ProviderTimeout(message.provider, exc.detail)
-                outcomes.count("AmbiguousSends", message.provider)
-                self._fail(error, relay_id, started, exc.attempts, context, subsegment)
-            except SendFailed as exc:
-                error = ProviderUnavailable(message.provider, exc.detail, None, None)
-                self._fail(error, relay_id, started, exc.attempts, context, subsegment)
-            except RelayError as refused:
-                self._fail(refused, relay_id, started, reply.attempts, context, subsegment)
-            subsegment.put_annotation("outcome", "delivered")
-            subsegment.put_annotation("provider_status", str(delivery.provider_status))
-            return delivery
+        with contextlib.ExitStack() as slot:
+            deadline = slot.enter_context(self._transport.slot(request.url, deadline))
+            with tracer.provider.in_subsegment(f"## {message.provider} send") as subsegment:
+                subsegment.put_annotation("provider", message.provider)
+                started = time.monotonic()
+                error: RelayError
+                try:
+                    try:
+                        reply = self._transport.post(request, deadline, on_retry)
+                    finally:
+                        # What follows (the receipt, logs, metrics, closing the subsegment) is
+                        # the relay's own work: the provider's next send need not wait for it.
+                        slot.close()
+                    delivery = self._settle(message, relay_id, reply, started, context)
+                except SendUnconfirmed as exc:
+                    error = ProviderTimeout(message.provider, exc.detail)
+                    outcomes.count("AmbiguousSends", message.provider)
+                    self._fail(error, relay_id, started, exc.attempts, context, subsegment)
+                except SendFailed as exc:
+                    error = ProviderUnavailable(message.provider, exc.detail, None, None)
+                    self._fail(error, relay_id, started, exc.attempts, context, subsegment)
+                except RelayError as refused:
+                    self._fail(refused, relay_id, started, reply.attempts, context, subsegment)
+                subsegment.put_annotation("outcome", "delivered")
+                subsegment.put_annotation("provider_status", str(delivery.provider_status))
+                return delivery
 
     def deliver_record(
         self, request: dict[str, Any], message: Message, relay_id: str, deadline: float
