@@ -2,13 +2,13 @@
 
 The API is small on purpose (``benchmarks/batch.py`` uses it too)::
 
-    with BenchStack(latency=0.0, tracing=True) as stack:  # moto_server, 2 sandboxes, resources
+    with BenchStack(latency=0.0, tracing=True) as stack:  # moto_server, the providers, resources
         stack.python, stack.interpreter        # the children's command line; what it runs
         stack.env, stack.resources             # the relay's variables; queue URLs, table, secrets
         env = stack.process_env("delivery")    # the whole environ for a handler child process
         stack.process_env("webhook", bytecode="none")  # ... its layer without bytecode (BYTECODE)
         stack.apply("delivery")                # ... or the same variables in this process
-        stack.set_latency(0.05)                # provider answer delay (s), both sandboxes
+        stack.set_latency(0.05)                # provider answer delay (s), both providers
         stack.reset(); stack.peak_in_flight()  # sandbox counters, per provider
         stack.received()                       # requests the providers accepted (2xx)
         stack.trace_datagrams                  # X-Ray segments the UDP "daemon" received
@@ -75,6 +75,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmarks._providers import ProviderProcess
 from relay_local.checkout import revision
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from relay_local.resources import StackResources
-    from relay_local.sandbox import Provider, ProviderSandbox
+    from relay_local.sandbox import Provider
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
@@ -130,7 +131,7 @@ def instructions_counted(name: str, result: Mapping[str, Any]) -> int:
 
 
 class BenchStack:
-    """moto_server (own process), two provider sandboxes (threads here), the stack's resources.
+    """moto_server and the two provider sandboxes (a process each), the stack's resources.
 
     ``start`` points this process's boto3 at moto (``AWS_*`` in ``os.environ``, as DevStack
     does) so it can create the resources; ``stop`` puts ``os.environ`` back.
@@ -155,7 +156,7 @@ class BenchStack:
         }
         self.tracing = tracing
         self.extra_env = dict(extra_env or {})
-        self.sandboxes: dict[str, ProviderSandbox] = {}
+        self.providers: ProviderProcess | None = None
         self.resources: StackResources | None = None
         self.aws_env: dict[str, str] = {}
         self.env: dict[str, str] = {}  # the relay's own variables (both functions)
@@ -167,7 +168,6 @@ class BenchStack:
 
     def start(self) -> BenchStack:
         from relay_local import resources
-        from relay_local.sandbox import ProviderSandbox
         from relay_local.stack import (
             DEV_API_KEY,
             DEV_FROM_NUMBER,
@@ -194,11 +194,7 @@ class BenchStack:
         os.environ.update(self.aws_env)
         os.environ.pop("AWS_PROFILE", None)
 
-        for provider in PROVIDERS:
-            sandbox = ProviderSandbox(
-                provider, token=DEV_TOKENS[provider], host=host, latency=self.latency
-            )
-            self.sandboxes[provider] = sandbox.start()
+        self.providers = ProviderProcess(host, self.latency)  # their CPU is not the handler's
         auth = {"api_keys": [DEV_API_KEY], "signing_secrets": [DEV_SIGNING_SECRET]}
         prefix = f"webhook-relay-bench-{uuid.uuid4().hex[:8]}"
         made = resources.create(dict(DEV_TOKENS), auth, prefix=prefix)
@@ -210,8 +206,8 @@ class BenchStack:
             "RELAY_AUTH_SECRET": made.auth_secret,
             "IDEMPOTENCY_TABLE": made.table,
             "DELIVERY_QUEUE_URL": made.queue_url,
-            "LANCEPILOT_API_URL": self.sandboxes["lancepilot"].base_url,
-            "FLUENTS_API_URL": self.sandboxes["fluents"].base_url,
+            "LANCEPILOT_API_URL": self.providers.base_urls["lancepilot"],
+            "FLUENTS_API_URL": self.providers.base_urls["fluents"],
             "LANCEPILOT_WORKSPACE_ID": DEV_WORKSPACE,
             "FLUENTS_FROM_NUMBER": DEV_FROM_NUMBER,
             "DEFAULT_PROVIDER": "",
@@ -248,9 +244,9 @@ class BenchStack:
         return target
 
     def stop(self) -> None:
-        for sandbox in self.sandboxes.values():
-            sandbox.stop()
-        self.sandboxes.clear()
+        if self.providers is not None:
+            self.providers.stop()
+            self.providers = None
         if self._moto is not None:
             self._moto.terminate()
             self._moto.wait(timeout=10)
@@ -346,20 +342,27 @@ class BenchStack:
         os.environ.update(self.function_env(function, tracing))
 
     def set_latency(self, seconds: float) -> None:
-        for sandbox in self.sandboxes.values():
-            sandbox.latency = seconds
+        self._providers().ask("latency", seconds=seconds)
 
     def reset(self) -> None:
         """Forget what the sandboxes received and their peak in flight."""
-        for sandbox in self.sandboxes.values():
-            sandbox.reset()
+        self._providers().ask("reset")
 
     def peak_in_flight(self) -> dict[str, int]:
-        return {name: sandbox.peak_in_flight for name, sandbox in self.sandboxes.items()}
+        return {name: s["peak_in_flight"] for name, s in self._providers().stats().items()}
 
     def received(self) -> int:
         """Requests the sandboxes answered with 2xx (the messages delivered)."""
-        return sum(len(sandbox.accepted()) for sandbox in self.sandboxes.values())
+        return sum(s["accepted"] for s in self._providers().stats().values())
+
+    def arrivals(self) -> list[float]:
+        """When each request reached a sandbox (time.monotonic(), oldest first)."""
+        return sorted(t for s in self._providers().stats().values() for t in s["arrivals"])
+
+    def _providers(self) -> ProviderProcess:
+        if self.providers is None:
+            raise RuntimeError("the stack is not running; call start() first")
+        return self.providers
 
     def _start_xray_sink(self, host: str) -> None:
         # Stands in for Lambda's X-Ray daemon: counts and drops the segments.

@@ -285,8 +285,9 @@ class Run:
     aws_call_span_ms: dict[str, list[float]]
     first_send_ms: float | None  # first provider request's arrival, from the handler's start
     last_send_ms: float | None  # last provider request's arrival
-    cpu_ms: float  # CPU of this process during the call: the handler, and the sandboxes' threads
+    cpu_ms: float  # CPU of this process during the call: the handler (the providers run apart)
     moto_cpu_ms: float  # CPU of moto_server (AWS) during the call, 10 ms resolution
+    providers_cpu_ms: float  # CPU of the providers' process during the call, likewise
 
 
 @dataclass
@@ -352,19 +353,22 @@ class Bench:
             os.environ["_X_AMZN_TRACE_ID"] = trace_header()
         context = LambdaContext(timeout_s=FUNCTION_TIMEOUT_S, function_name=f"bench-{pattern}")
         moto_pid = self.stack.moto_pid
+        providers_pid = self.stack.providers.pid if self.stack.providers else None
         with contextlib.redirect_stdout(_DEVNULL):  # EMF metric lines
             moto_cpu, cpu = _cpu_ms(moto_pid), time.process_time()
+            providers_cpu = _cpu_ms(providers_pid)
             started = time.monotonic()
             answer = self.handlers[pattern](event, context)
             ended = time.monotonic()
             cpu, moto_cpu = time.process_time() - cpu, _cpu_ms(moto_pid) - moto_cpu
+            providers_cpu = _cpu_ms(providers_pid) - providers_cpu
         calls = self.aws.take()
         self._delete(handles)
 
         per_provider = Counter(body["provider"] for body in bodies)
         accepted = self.stack.received()
         failures = len((answer or {}).get("batchItemFailures", []))
-        arrivals = sorted(r.at for s in self.stack.sandboxes.values() for r in s.received)
+        arrivals = self.stack.arrivals()
         durations: dict[str, list[float]] = defaultdict(list)
         spans: dict[str, list[float]] = {}
         for operation, began, done in calls:
@@ -391,6 +395,7 @@ class Bench:
             last_send_ms=round((arrivals[-1] - started) * 1000, 2) if arrivals else None,
             cpu_ms=round(cpu * 1000, 1),
             moto_cpu_ms=round(moto_cpu, 1),
+            providers_cpu_ms=round(providers_cpu, 1),
         )
         self.runs.append(run)
         return run
@@ -583,6 +588,7 @@ def _timeline(runs: list[Run]) -> dict[str, Any]:
         "peak_in_flight": {p: run.peak_in_flight[p] for p in run.per_provider},
         "cpu_ms": run.cpu_ms,
         "moto_cpu_ms": run.moto_cpu_ms,
+        "providers_cpu_ms": run.providers_cpu_ms,
         "end_ms": run.ms,
     }
 
@@ -686,7 +692,8 @@ def targets(result: dict[str, Any]) -> str:
                     f"{timeline['rep']}): provider requests arrived from "
                     f"{timeline['first_send_ms']} to {timeline['last_send_ms']} ms, handler "
                     f"returned at {timeline['end_ms']} ms; AWS calls: {calls or 'none'}; CPU: "
-                    f"{timeline['cpu_ms']} ms here, {timeline['moto_cpu_ms']} ms in moto_server"
+                    f"{timeline['cpu_ms']} ms here, {timeline['moto_cpu_ms']} ms in moto_server, "
+                    f"{timeline.get('providers_cpu_ms', '-')} ms in the providers"
                 )
     return "\n".join(out)
 
