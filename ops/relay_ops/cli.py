@@ -1,7 +1,7 @@
 """``relay``: the operator's command line for a deployed relay.
 
 relay dlq list     the dead letters' metadata (kind, status, error, relay id, age)
-relay dlq show     one dead letter in full, body included
+relay dlq show     one dead letter: attributes and body, numbers masked, text hidden
 relay dlq redrive  move dead letters back to the delivery queue
 
 Exit codes: 0 done, 1 some messages could not be moved (or found), 2 usage or configuration,
@@ -114,12 +114,12 @@ def list_(args: argparse.Namespace, target: Target) -> int:
 
 
 def show(args: argparse.Namespace, target: Target) -> int:
-    """``relay dlq show``: one dead letter, body and every attribute."""
+    """``relay dlq show``: one dead letter, body and every attribute (masked unless asked)."""
     letter = dlq.find(target.sqs, target.need_dlq(), args.message_id, args.max_hold, _say)
     if letter is None:
         print(f"relay: no dead letter {args.message_id}", file=sys.stderr)
         return FAILED
-    print(render.detail(letter, datetime.now(UTC)))
+    print(render.detail(letter, datetime.now(UTC), unmasked=args.unmasked))
     return OK
 
 
@@ -427,9 +427,17 @@ def _parser() -> argparse.ArgumentParser:
     listing.set_defaults(run=list_)
 
     showing = dlq_commands.add_parser(
-        "show", parents=[common], allow_abbrev=False, help="one dead letter, body included"
+        "show",
+        parents=[common],
+        allow_abbrev=False,
+        help="one dead letter, body included (numbers masked, text hidden)",
     )
     showing.add_argument("message_id", metavar="MESSAGE_ID")
+    showing.add_argument(
+        "--unmasked",
+        action="store_true",
+        help="print the attributes and body as stored: phone numbers and message text included",
+    )
     showing.set_defaults(run=show)
 
     redriving = dlq_commands.add_parser(

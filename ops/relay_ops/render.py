@@ -7,6 +7,8 @@ import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from relay.phone import mask
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -17,6 +19,12 @@ if TYPE_CHECKING:
 ERROR_WIDTH = 80
 # E.164 numbers, or long bare digit runs: a provider's error text may quote the recipient.
 _PHONE = re.compile(r"\+[1-9]\d{6,14}\b|\b\d{10,15}\b")
+
+
+# The canonical message's number fields, masked as the relay's logs mask them (relay.phone).
+_NUMBER_FIELDS = frozenset({"to", "from"})
+_TEXT_FIELD = "text"
+UNMASKED_HINT = "--unmasked prints the body as stored"
 
 
 def mask_phone_numbers(text: str) -> str:
@@ -82,8 +90,12 @@ def _metadata(letter: DeadLetter, now: datetime) -> dict[str, Any]:
     }
 
 
-def detail(letter: DeadLetter, now: datetime) -> str:
-    """Everything about one dead letter, its body included (what ``show`` is asked for)."""
+def detail(letter: DeadLetter, now: datetime, *, unmasked: bool = False) -> str:
+    """Everything about one dead letter (what ``show`` is asked for).
+
+    Masked unless ``unmasked``: phone numbers in the attributes and the body are shortened and
+    the message text is left out, as in the relay's logs; the operator asks for the rest.
+    """
     sent_at = letter.sent_at
     lines = [
         f"MessageId: {letter.message_id}",
@@ -99,9 +111,49 @@ def detail(letter: DeadLetter, now: datetime) -> str:
     for name in sorted(letter.attributes):
         value = letter.attributes[name]
         shown = value.get("StringValue", value.get("BinaryValue", b"").hex())
+        # RelayId verbatim: it is what the delivery function's logs are searched by.
+        if not unmasked and name != "RelayId":
+            shown = mask_phone_numbers(shown)
         lines.append(f"  {name} ({value['DataType']}): {shown}")
-    lines += ["Body:", letter.body]
+    if unmasked:
+        lines += ["Body:", letter.body]
+    else:
+        lines += [f"Body (numbers masked, text hidden; {UNMASKED_HINT}):", masked_body(letter.body)]
     return "\n".join(lines)
+
+
+def masked_body(body: str) -> str:
+    """A dead letter's body without the message text and with phone numbers masked.
+
+    Parsed as JSON, so that the fields can be told apart; a body that is not JSON (or nested
+    deeper than Python recurses: an invalid message can be) is left out whole.
+    """
+    try:
+        # ASCII-escaped: a body may hold lone surrogates, which no terminal encoding can print.
+        return json.dumps(_masked(json.loads(body), None))
+    except (ValueError, RecursionError):
+        return f"({len(body)} characters, not JSON that can be masked: hidden; {UNMASKED_HINT})"
+
+
+def _masked(value: Any, field: str | None) -> Any:
+    """``value``, found under ``field``, masked: the text hidden, numbers shortened."""
+    if field == _TEXT_FIELD:
+        size = len(value) if isinstance(value, str) else len(json.dumps(value))
+        return f"[hidden: {size} characters]"
+    if isinstance(value, dict):
+        return {mask_phone_numbers(key): _masked(item, key) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_masked(item, field) for item in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if field in _NUMBER_FIELDS:
+        return mask(value)  # as the relay's logs show the recipient and sender
+    if isinstance(value, str):
+        return mask_phone_numbers(value)
+    if isinstance(value, int):  # a number written without quotes, digits and all
+        shown = mask_phone_numbers(str(value))
+        return value if shown == str(value) else shown
+    return value
 
 
 def summary(done: RedriveSummary) -> str:

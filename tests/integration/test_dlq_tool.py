@@ -20,12 +20,13 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto import mock_aws
 
+from relay.phone import mask
 from relay_local.esm import event_record
 from relay_local.lambda_runtime import LambdaContext
 from relay_local.sandbox import Fault
 from relay_ops import dlq
 from relay_ops.cli import main
-from tests.conftest import bearer, lancepilot_message
+from tests.conftest import bearer, fluents_message, lancepilot_message
 
 PHONE = "+14155550123"  # lancepilot_message's recipient: must never show in list output
 
@@ -332,8 +333,30 @@ def test_a_queue_longer_than_the_longest_hold_stops_and_hides_nothing(relay, que
 # --- show ----------------------------------------------------------------------------------------
 
 
-def test_show_prints_the_body_and_every_attribute(relay, queues, three):
-    code, out, _ = relay("show", three["exhausted"])
+def test_show_prints_every_attribute_and_the_body_masked(relay, queues, three):
+    code, out, _ = relay("show", three["permanent"])
+
+    assert code == 0
+    assert "ErrorKind (String): permanent" in out
+    assert "ErrorStatus (Number): 422" in out
+    assert "RelayId (String): relay-p" in out
+    # The quoted number masked as list masks it; the recipient as the relay's logs mask it.
+    assert f"to_number {'*' * 12}89 is not a WhatsApp number" in out
+    [body] = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    text = lancepilot_message()["text"]
+    assert body == {
+        **lancepilot_message(),
+        "to": mask(PHONE),
+        "text": f"[hidden: {len(text)} characters]",
+    }
+    for secret in (PHONE, PHONE[1:], "4915123456789", text):
+        assert secret not in out
+    assert "--unmasked prints the body as stored" in out
+    assert visible(queues, queues.dlq_url) == 3
+
+
+def test_show_unmasked_prints_the_body_and_every_attribute_as_stored(relay, queues, three):
+    code, out, _ = relay("show", three["exhausted"], "--unmasked")
 
     assert code == 0
     assert json.dumps(lancepilot_message(text="retry me")) in out  # the body, unchanged
@@ -341,7 +364,53 @@ def test_show_prints_the_body_and_every_attribute(relay, queues, three):
     assert "ErrorStatus (Number): 503" in out
     assert "Tenant (String): acme" in out
     assert "RelayId (String): relay-e" in out
+    assert "to_number +4915123456789" in relay("show", three["permanent"], "--unmasked")[1]
     assert visible(queues, queues.dlq_url) == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        # Fluents: the sender is a number too; a field the relay refused still gets masked.
+        (
+            fluents_message(note="call +4915123456789"),
+            {
+                **fluents_message(),
+                "to": mask("+4915123456789"),
+                "from": mask("+12025550143"),
+                "text": "[hidden: 19 characters]",
+                "note": f"call {'*' * 12}89",
+            },
+        ),
+        # Not the canonical shape: numbers unquoted or in a list, text that is not a string.
+        (
+            {"to": [4915123456789], "text": {"body": "secret"}, "4915123456789": 1},
+            {"to": [mask(4915123456789)], "text": "[hidden: 18 characters]", f"{'*' * 11}89": 1},
+        ),
+    ],
+    ids=["fluents", "odd-shapes"],
+)
+def test_show_masks_numbers_and_hides_text_wherever_they_are(relay, queues, body, shown):
+    code, out, _ = relay("show", park(queues, body, "invalid"))
+
+    assert code == 0
+    assert [json.loads(line) for line in out.splitlines() if line.startswith("{")] == [shown]
+    assert "secret" not in out
+    assert "+4915123456789" not in out
+
+
+@pytest.mark.parametrize(
+    "body", ["{not json +4915123456789", "[" * 5000 + '"+4915123456789"' + "]" * 5000]
+)
+def test_show_leaves_out_a_body_it_cannot_mask(relay, queues, body):
+    message_id = park(queues, body, "invalid")
+
+    code, out, _ = relay("show", message_id)
+
+    assert code == 0
+    assert f"({len(body)} characters, not JSON that can be masked: hidden; --unmasked" in out
+    assert "4915123456789" not in out
+    assert body in relay("show", message_id, "--unmasked")[1]
 
 
 def test_show_of_an_unknown_id(relay, three):

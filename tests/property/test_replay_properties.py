@@ -1,5 +1,5 @@
 """Replays and signatures: a signed request is delivered once, stale or forged ones never, and
-every secret comparison is constant-time."""
+every secret comparison is constant-time. A failed request keeps no record: its replay is sent."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from relay import auth
 from relay.auth import TOLERANCE_SECONDS, AuthKeys, authenticate, sign
 from relay.errors import Unauthenticated
+from relay_local.sandbox import Fault
 from tests.conftest import API_KEY, SECOND_SIGNING_SECRET, SIGNING_SECRET, lancepilot_message
 from tests.property import examples
 from tests.property.strategies import clean_text, signature_headers
@@ -67,6 +68,45 @@ def test_a_signed_request_sent_twice_is_delivered_once(webhook, lancepilot, text
     assert "idempotent-replayed" not in first.headers
     assert again.headers["idempotent-replayed"] == "true"
     assert len(lancepilot.received) == (0 if async_ else 1)  # queued: the poller would send it
+
+
+# The provider's answer to the first send, by the relay's answer to it. Each fails at once: a
+# refusal is not retried, a Retry-After beyond the send budget is passed on, a dropped
+# connection is not resent.
+FAILURES = {
+    502: Fault.status(422, {"message": "Validation error", "errors": {"number": ["not on it"]}}),
+    503: Fault.status(503, retry_after="120"),
+    504: Fault.reset_after_read(),  # ambiguous: the provider had read the request
+}
+
+
+@pytest.mark.parametrize("status", sorted(FAILURES))
+@given(text=clean_text)
+@HANDLER
+def test_a_replay_after_a_failure_is_sent_again_and_after_a_delivery_is_not(
+    webhook, lancepilot, text, status
+):
+    lancepilot.reset()
+    lancepilot.enqueue(FAILURES[status])
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    body = json.dumps(lancepilot_message(text=text)).encode()
+    headers = {"content-type": "application/json", **signature_headers(body, msg_id=msg_id)}
+
+    failed = webhook.post(raw=body, headers=headers)
+    retried = webhook.post(raw=body, headers=headers)
+    replayed = webhook.post(raw=body, headers=headers)
+
+    assert failed.status == status
+    # A failure leaves no record: the same webhook-id is sent again (after a 504, which the
+    # provider may have had, that can deliver it twice) ...
+    assert retried.status == 201
+    assert "idempotent-replayed" not in retried.headers
+    assert retried.json["id"] == failed.json["id"]
+    # ... and once it is delivered, a replay gets that answer and is not sent.
+    assert (replayed.status, replayed.json) == (201, retried.json)
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert len(lancepilot.received) == 2
+    assert len(lancepilot.accepted()) == 1
 
 
 # Headers the signature does not cover: a replayer can add or change any of them.
