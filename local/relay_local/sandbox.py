@@ -17,6 +17,10 @@ Answers follow the real providers:
   "statusCode": 404}`` (also for a wrong method). The spec documents no 401; a missing or
   wrong token gets NestJS's ``{"message": "Unauthorized", "statusCode": 401}``.
 
+Headers the document does not declare are accepted, as OpenAPI allows and the real APIs do:
+the relay's ``X-Relay-Id`` among them. The stand-ins record it (:attr:`Received.relay_id`), so
+that tests count what each provider kept per relay id (:meth:`ProviderSandbox.kept_by_relay_id`).
+
 One deliberate deviation from the Lancepilot document: it declares the ``{number}`` path
 parameter as ``format: uuid``, but the real API takes the contact's phone number there (digits
 with country code, no ``+``). The stand-in checks 8-15 digits instead; see ``_PARAM_OVERRIDES``.
@@ -41,7 +45,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,6 +81,9 @@ _PARAM_OVERRIDES: dict[tuple[Provider, str], dict[str, Any]] = {
 }
 
 _HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+# The relay's id for the message a request sends (relay.providers.RELAY_ID_HEADER), lower-case
+# as Received.headers keeps names. The documents do not declare it; it is recorded, not checked.
+RELAY_ID_HEADER = "x-relay-id"
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,18 @@ class Received:
     violations: tuple[str, ...]  # empty when the request conformed to the spec
     answered: int | None  # status sent; None when the connection was dropped or hung
     at: float = field(default_factory=time.monotonic)  # when it arrived (time.monotonic())
+
+    @property
+    def relay_id(self) -> str | None:
+        """The relay id the request was sent under (``X-Relay-Id``), None without one."""
+        return self.headers.get(RELAY_ID_HEADER)
+
+    @property
+    def kept(self) -> bool:
+        """The provider has the message, or may have: answered 2xx, or read and never answered
+        (a hang past the client's timeout, a reset after the read). A reset before the read
+        is never recorded at all."""
+        return self.answered is None or 200 <= self.answered < 300
 
 
 @dataclass(frozen=True)
@@ -787,6 +806,18 @@ class ProviderSandbox:
     def accepted(self) -> list[Received]:
         """The requests answered with a 2xx status."""
         return [r for r in self.received if r.answered is not None and 200 <= r.answered < 300]
+
+    def kept(self) -> list[Received]:
+        """The requests the provider has or may have (``Received.kept``): 2xx or unanswered."""
+        return [r for r in self.received if r.kept]
+
+    def kept_by_relay_id(self) -> Counter[str | None]:
+        """How many requests the provider kept per ``X-Relay-Id`` (None: sent without one).
+
+        A relay id counted once was delivered once; more than once, the provider may hold
+        duplicates, each of which must follow a request it kept without answering.
+        """
+        return Counter(r.relay_id for r in self.kept())
 
     def violations(self) -> list[str]:
         return [violation for r in self.received for violation in r.violations]

@@ -495,6 +495,25 @@ def test_reset_on_a_reused_keep_alive_connection(fluents):
     pool.close()
 
 
+def test_the_relay_id_header_conforms_and_kept_requests_are_counted_by_it(sandbox, http):
+    # Not in either document: OpenAPI allows undeclared headers, and so must the stand-ins.
+    def by(relay_id: str) -> dict[str, str]:
+        return {**auth(), "X-Relay-Id": relay_id}
+
+    sandbox.enqueue(Fault.status(503, {"message": "down"}), Fault.reset_after_read())
+    assert send(http, sandbox, headers=by("r-1")).status == 503  # not kept
+    with pytest.raises(ProtocolError):
+        send(http, sandbox, headers=by("r-1"))  # kept, unanswered: may be delivered
+    assert send(http, sandbox, headers=by("r-1")).status == 201
+    assert send(http, sandbox, headers=by("r-2")).status == 201
+    assert send(http, sandbox).status == 201  # no relay id
+
+    assert sandbox.violations() == []
+    assert [r.relay_id for r in sandbox.received] == ["r-1", "r-1", "r-1", "r-2", None]
+    assert [r.answered for r in sandbox.kept()] == [None, 201, 201, 201]
+    assert sandbox.kept_by_relay_id() == {"r-1": 2, "r-2": 1, None: 1}
+
+
 def test_garbage_body(sandbox, http):
     sandbox.enqueue(Fault.garbage_body())
 

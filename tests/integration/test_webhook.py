@@ -55,6 +55,7 @@ def test_lancepilot_message_is_sent_as_the_document_says(webhook, lancepilot, fl
     [sent] = lancepilot.received
     assert sent.path.endswith(f"/workspaces/{WORKSPACE}/contacts/number/14155550123/messages/text")
     assert sent.headers["authorization"] == f"Bearer {TOKENS['lancepilot']}"
+    assert sent.relay_id == answer.json["id"]  # X-Relay-Id: the id the caller was given
     assert sent.json == {"text": {"body": "Your order 1042 has shipped."}}
     assert fluents.received == []
 
@@ -85,6 +86,7 @@ def test_fluents_message_is_sent_and_its_empty_201_is_enough(webhook, fluents, l
     [sent] = fluents.received
     assert sent.path == "/v1/messages"
     assert sent.headers["authorization"] == f"Bearer {TOKENS['fluents']}"
+    assert sent.relay_id == answer.json["id"]
     assert sent.json == {
         "to_number": "+4915123456789",
         "from_number": "+12025550143",

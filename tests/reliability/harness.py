@@ -8,15 +8,23 @@ Messages go in through both entry points (SQS producers; the webhook, queued and
 while the sandbox providers answer with faults. Each message's plan (its entry point, provider,
 whether it is broken, and the fault met by each of its provider requests in turn) is derived
 from the seed and the message's index before anything is sent, so a seed reproduces the same
-plan whatever the threads do. Each message carries a tag in its text, so the sandbox knows
-which message a request is for and the providers' request logs say how often each arrived.
+plan whatever the threads do. Each message carries a tag in its text, so the sandbox can pick
+a request's fault from its message's plan before the relay has said the message's id.
 
-At the end every message must be in exactly one state: delivered (once, or again only after a
-request whose answer never came back), dead-lettered with a reason that matches the faults it
-met, or refused to its synchronous caller with the provider's refusal. A message parked or
-refused after an ambiguous send (the provider may have kept it) is counted apart, as possibly
-delivered. The tables printed are the ones docs/reliability.md quotes; the raw counts go to a
-JSON file (``--json``, ``$RELIABILITY_REPORT_JSON``, or a file in the temp directory).
+Deliveries are counted by relay id, at the stand-ins: every provider request carries
+``X-Relay-Id``, and the harness learns each message's relay id from what the relay gives out
+(the webhook's ``id``; for a producer's message, its SQS message id, which the relay takes as
+its relay id), then checks that each request and each dead letter (``RelayId``) under that id
+holds that message. A request without the header, or under an id given to no message (or to
+another message), fails the run.
+
+At the end every message must be in exactly one state: delivered (one request kept under its
+relay id, or more only after a request under that id whose answer never came back),
+dead-lettered with a reason that matches the faults it met, or refused to its synchronous
+caller with the provider's refusal. A message parked or refused after an ambiguous send (the
+provider may have kept it) is counted apart, as possibly delivered. The tables printed are the
+ones docs/reliability.md quotes; the raw counts go to a JSON file (``--json``,
+``$RELIABILITY_REPORT_JSON``, or a file in the temp directory).
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 import urllib3
@@ -44,6 +52,9 @@ from relay_local.lambda_runtime import REPO
 from relay_local.sandbox import Fault, Received
 from relay_local.stack import DEV_API_KEY, DevStack
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 TAG = re.compile(r"rel-\d{7}")
 PROVIDERS = ("lancepilot", "fluents")
 ENTRIES = {"sqs": 40, "http async": 30, "http sync": 30}  # entry point -> share of messages
@@ -51,6 +62,9 @@ BROKEN_SHARE = 0.02  # SQS producers' messages without "to": parked as invalid, 
 # Queued messages whose every provider request meets a retryable fault: they must end as
 # `exhausted` once the queue's receives run out. Each costs up to 4 attempts x 5 receives.
 EXHAUST_SHARE = 0.015
+# Of those, the share that also meets one ambiguous fault: it must then be parked as exhausted
+# with PossiblyDelivered (without some, that path would go untried: 0 by construction).
+AMBIGUOUS_EXHAUST_SHARE = 1 / 3
 REPORT_ENV = "RELIABILITY_REPORT_JSON"
 
 # --- the fault catalogue ------------------------------------------------------------------------
@@ -219,8 +233,10 @@ CATALOGUE: dict[str, Kind] = {
     ),
 }
 # What a message planned to be exhausted meets on every request: retryable faults only, and
-# quick ones (no Retry-After waits), so that its receives do not hold up their batches.
+# quick ones (no Retry-After waits), so that its receives do not hold up their batches; and, for
+# some, one ambiguous fault (AMBIGUOUS_EXHAUST_SHARE).
 EXHAUSTING = ("500", "502", "503", "504", "5xx malformed", "reset before read")
+AMBIGUOUS = ("reset after read", "hang")
 PLANNED_ATTEMPTS = 12  # an ordinary message's plan; later requests (if any) are answered normally
 # Requests the relay sees go unanswered: the ambiguous ones, and a reset before the request was
 # read, which the relay cannot tell from a reset after it, though the provider never has it.
@@ -254,7 +270,7 @@ class Planned:
     provider: str
     body: dict[str, Any]
     broken: bool  # no "to": must be parked as invalid without a send
-    exhausting: bool  # every request meets a retryable fault: must end exhausted
+    exhausting: bool  # every request meets a retryable fault (one may be ambiguous): exhausted
     attempts: tuple[tuple[str, int], ...]  # (catalogue key, variant) per provider request
 
     def fault(self, attempt: int) -> tuple[str, Fault | None]:
@@ -295,6 +311,10 @@ def _plan_one(index: int, seed: int, max_receive_count: int) -> Planned:
     attempts: list[tuple[str, int]] = []
     if exhausting:  # four attempts a receive at most, and the queue's receives
         attempts = [draw(EXHAUSTING) for _ in range(4 * max_receive_count)]
+        if rng.random() < AMBIGUOUS_EXHAUST_SHARE:
+            # Among the first requests, one per receive at least, so that it is met; an
+            # ambiguous send ends its receive (the relay never resends within a send).
+            attempts[rng.randrange(max_receive_count)] = draw(AMBIGUOUS)
     elif not broken:
         keys = list(CATALOGUE)
         while len(attempts) < PLANNED_ATTEMPTS:
@@ -338,6 +358,10 @@ FAILURES = {  # failure list -> its row; every one must be empty
     "failed_though_accepted": "parked or refused although the provider's 2xx answer arrived",
     "wrong_answers": "callers told something other than what happened",
     "unexplained_duplicates": "duplicates not explained by an ambiguous send",
+    "untraced": (
+        "provider requests not traced to their message by `X-Relay-Id` "
+        "(no header, or an id given to no message or to another one)"
+    ),
     "queue_glitches": (
         "messages the local queue handed to two pollers at once, or again after their delete"
     ),
@@ -356,13 +380,15 @@ class Report:
     states: Counter[str] = field(default_factory=Counter)  # STATES key -> messages
     dead_letter_kinds: Counter[str] = field(default_factory=Counter)
     ambiguous: int = 0  # messages with a request the provider may have kept, answer unseen
-    ambiguous_sends: int = 0  # such requests
+    ambiguous_sends: int = 0  # such requests, before the first 2xx of their relay id
     duplicates: int = 0  # requests beyond the first that the provider may have kept
+    unanswered: int = 0  # requests the stand-ins read and never answered: all the ambiguous ones
     lost: list[str] = field(default_factory=list)
     bad_dead_letters: list[str] = field(default_factory=list)
     failed_though_accepted: list[str] = field(default_factory=list)
     wrong_answers: list[str] = field(default_factory=list)
     unexplained_duplicates: list[str] = field(default_factory=list)
+    untraced: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)  # requests that broke a provider spec
     queue_glitches: list[str] = field(default_factory=list)  # moto's, see _QueueWatch
     queue_calls: dict[str, int] = field(default_factory=dict)  # the pollers' SQS calls
@@ -396,7 +422,13 @@ class Report:
         failures = self.failures()
         happened += [
             (FAILURES[name], f"**{_n(len(failures[name]))}**")
-            for name in ("lost", "bad_dead_letters", "failed_though_accepted", "wrong_answers")
+            for name in (
+                "lost",
+                "bad_dead_letters",
+                "failed_though_accepted",
+                "wrong_answers",
+                "untraced",
+            )
         ]
         happened += [
             (
@@ -444,6 +476,7 @@ class Report:
             "ambiguous_messages": self.ambiguous,
             "ambiguous_sends": self.ambiguous_sends,
             "duplicates": self.duplicates,
+            "unanswered_requests": self.unanswered,
             "failures": self.failures(),
             "phases": {name: round(seconds, 1) for name, seconds in self.phases.items()},
             "queue_calls": self.queue_calls,
@@ -507,11 +540,11 @@ def run(messages: int, seed: int, environments: int = 4, save_to: Path | None = 
             report.broken += item.broken
             report.exhausting += item.exhausting
         served = _inject(stack, planned, report)
-        callers = _send(stack, planned)
+        callers, given = _send(stack, planned)
         phase("send")
         _wait_until_drained(stack, limit_s=300 + messages * 0.2)
         phase("drain")
-        _account(stack, planned, served, callers, report)
+        _account(stack, planned, served, callers, given, report)
         report.queue_glitches = pollers.glitches()
         report.queue_calls = dict(pollers.calls)
         phase("account")
@@ -659,21 +692,36 @@ class Answer:
     status: int
     body: Any  # parsed JSON, or None
     tries: int
+    statuses: tuple[int, ...] = ()  # every try's status, for the report of a failure
 
 
-def _send(stack: DevStack, planned: list[Planned]) -> dict[str, Answer]:
+def _send(
+    stack: DevStack, planned: list[Planned]
+) -> tuple[dict[str, Answer], dict[str, list[str]]]:
+    """Send every message; return the webhook's final answers and the relay ids given out.
+
+    Relay ids, by tag: each id in any of the webhook's answers to the message (the caller's
+    retries included: one id, or the caller was told two); for a producer's message, its SQS
+    message id, which the delivery function takes as its relay id when the message has no
+    ``RelayId`` attribute (relay.queue_worker), as no producer's message here has.
+    """
     backlog = _Backlog(stack)
     queue_url = stack.env["DELIVERY_QUEUE_URL"]
+    given: dict[str, list[str]] = defaultdict(list)
+    lock = threading.Lock()
 
     def produce(batch: list[Planned]) -> None:
         sqs = boto3.client("sqs")
         for start in range(0, len(batch), 10):
             backlog.wait_for_room()
+            chunk = batch[start : start + 10]
             entries = [
-                {"Id": str(n), "MessageBody": json.dumps(p.body)}
-                for n, p in enumerate(batch[start : start + 10])
+                {"Id": str(n), "MessageBody": json.dumps(p.body)} for n, p in enumerate(chunk)
             ]
-            sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+            sent = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+            with lock:
+                for done in sent.get("Successful", []):
+                    given[chunk[int(done["Id"])].tag].append(done["MessageId"])
 
     producer = threading.Thread(target=produce, args=([p for p in planned if p.entry == "sqs"],))
     producer.start()
@@ -690,6 +738,7 @@ def _send(stack: DevStack, planned: list[Planned]) -> dict[str, Answer]:
             headers["Prefer"] = "respond-async"
             backlog.wait_for_room()
         # A well-behaved client: the same key again after 503, 504 or 409, until final.
+        statuses: list[int] = []
         for attempt in range(10):
             answer = http.request(
                 "POST",
@@ -697,19 +746,24 @@ def _send(stack: DevStack, planned: list[Planned]) -> dict[str, Answer]:
                 body=json.dumps(item.body).encode(),
                 headers=headers,
             )
+            statuses.append(answer.status)
+            try:
+                parsed = json.loads(answer.data)
+            except ValueError:
+                parsed = None
+            relay_id = parsed.get("id") if isinstance(parsed, dict) else None
+            if isinstance(relay_id, str):
+                with lock:
+                    given[item.tag].append(relay_id)
             if answer.status not in (409, 503, 504):
                 break
             time.sleep(0.05 * (attempt + 1))
-        try:
-            parsed = json.loads(answer.data)
-        except ValueError:
-            parsed = None
-        answers[item.tag] = Answer(answer.status, parsed, attempt + 1)
+        answers[item.tag] = Answer(answer.status, parsed, attempt + 1, tuple(statuses))
 
     with ThreadPoolExecutor(max_workers=12) as pool:
         list(pool.map(post, [p for p in planned if p.entry != "sqs"]))
     producer.join()
-    return answers
+    return answers, given
 
 
 def _wait_until_drained(stack: DevStack, limit_s: float) -> None:
@@ -737,10 +791,13 @@ def _wait_until_drained(stack: DevStack, limit_s: float) -> None:
 class Trace:
     """Everything seen of one message."""
 
-    answers: list[int | None] = field(default_factory=list)  # provider's, in order; None = none
+    # The provider's answers to the requests under the message's relay id, in order (None =
+    # none); and, by the same id, its dead letters.
+    answers: list[int | None] = field(default_factory=list)
     served: list[str] = field(default_factory=list)  # catalogue keys met, resets before read too
     parked: list[dict[str, str]] = field(default_factory=list)  # its dead letters' attributes
     caller: Answer | None = None  # the webhook's final answer (webhook entries only)
+    relay_id: str | None = None  # as the relay gave it out; None: never learnt
 
 
 @dataclass(frozen=True)
@@ -764,10 +821,12 @@ def _refusal(status: int | None) -> bool:
 def judge(item: Planned, trace: Trace) -> Verdict:
     """Put one message in its end state, strictly; see docs/reliability.md, "How the run is judged".
 
+    - ``trace`` holds what the stand-ins recorded under the message's relay id (X-Relay-Id);
     - delivered: the provider's 2xx answer arrived at least once (a request it received but
-      never answered does not count);
+      never answered does not count); once: it kept exactly one request under that relay id;
     - a duplicate is any further request the provider may have kept (answered 2xx, or not
-      answered at all); it is explained only if no 2xx came before it;
+      answered at all); it is explained only if no 2xx came before it, so that every one
+      follows an unanswered request (an ambiguous send) under the same relay id;
     - dead-lettered: exactly one dead letter, no 2xx, and a reason (ErrorKind, ErrorMessage,
       ErrorStatus where the provider answered with a status) that matches the faults met;
     - refused: a synchronous caller's final 502 after the provider's 4xx (or a final 5xx after
@@ -785,7 +844,10 @@ def judge(item: Planned, trace: Trace) -> Verdict:
     if first_ok is not None and any(a is None or _accepted(a) for a in answers[first_ok + 1 :]):
         failures.append(("unexplained_duplicates", f"{tag}: sent again after its 2xx: {answers}"))
     caller = trace.caller
-    where = f"{tag} ({item.entry}, {item.provider}; met {trace.served}, answers {answers})"
+    where = (
+        f"{tag} ({item.entry}, {item.provider}, relay id {trace.relay_id}; "
+        f"met {trace.served}, answers {answers})"
+    )
 
     def verdict(state: str | None) -> Verdict:
         return Verdict(state, tuple(failures), duplicates, ambiguous, before_ok.count(None))
@@ -848,7 +910,9 @@ def judge(item: Planned, trace: Trace) -> Verdict:
             return verdict("ambiguous refused" if ambiguous else "refused")
         if ambiguous and caller.status in (503, 504):
             return verdict("ambiguous refused")  # the caller gave up; the outcome is unknown
-        failures.append(("lost", f"{where}: the caller was left with {caller.status} {body}"))
+        failures.append(
+            ("lost", f"{where}: the caller was left with {caller.status} {body}, {caller.statuses}")
+        )
         return verdict(None)
 
     if first_ok is not None:
@@ -949,21 +1013,36 @@ def _account(
     planned: list[Planned],
     served: dict[str, list[str]],
     callers: dict[str, Answer],
+    given: dict[str, list[str]],
     report: Report,
 ) -> None:
+    owner, conflicts = owners(given)
+    report.wrong_answers += conflicts
     traces: dict[str, Trace] = defaultdict(Trace)
+    for relay_id, tag in owner.items():
+        traces[tag].relay_id = traces[tag].relay_id or relay_id
     for sandbox in stack.sandboxes.values():
         report.violations += sandbox.violations()
-        for received in sorted(sandbox.received, key=lambda r: r.at):
-            match = TAG.search(received.body.decode("utf-8", "replace"))
-            if match:
-                traces[match.group()].answers.append(received.answered)
+        received = sandbox.received
+        report.unanswered += sum(r.answered is None for r in received)
+        report.untraced += trace_requests(sandbox.provider, received, owner, traces)
     for tag, keys in served.items():
         traces[tag].served = keys
     for tag, answer in callers.items():
         traces[tag].caller = answer
-    for tag, letter in _dead_letters(stack, report):
-        traces[tag].parked.append(letter)
+    for letter_id, carried, letter in _dead_letters(stack):
+        whose = owner.get(letter_id or "")
+        if whose is None:
+            report.bad_dead_letters.append(
+                f"a dead letter (holding {carried}) with RelayId {letter_id!r}, given to no "
+                f"message: {letter}"
+            )
+        elif carried != whose:
+            report.bad_dead_letters.append(
+                f"a dead letter with {whose}'s RelayId {letter_id} holds {carried}: {letter}"
+            )
+        else:
+            traces[whose].parked.append(letter)
     for item in planned:
         verdict = judge(item, traces[item.tag])
         if verdict.state is not None:
@@ -977,10 +1056,52 @@ def _account(
             getattr(report, name).append(text)
 
 
-def _dead_letters(stack: DevStack, report: Report) -> list[tuple[str, dict[str, str]]]:
-    """Every dead letter's tag and attributes (name -> value); those without a tag are failures."""
+def owners(given: Mapping[str, list[str]]) -> tuple[dict[str, str], list[str]]:
+    """Relay id -> the tag of the message it was given out for; and the wrong answers among
+    them: a message given two ids (its caller could not trace it), an id given to two."""
+    owner: dict[str, str] = {}
+    wrong: list[str] = []
+    for tag, ids in given.items():
+        distinct = list(dict.fromkeys(ids))
+        if len(distinct) > 1:
+            wrong.append(f"{tag}: given {len(distinct)} relay ids: {distinct}")
+        for relay_id in distinct:
+            first = owner.setdefault(relay_id, tag)
+            if first != tag:
+                wrong.append(f"relay id {relay_id} given to both {first} and {tag}")
+    return owner, wrong
+
+
+def trace_requests(
+    provider: str, received: list[Received], owner: Mapping[str, str], traces: dict[str, Trace]
+) -> list[str]:
+    """Add each request's answer to the trace of its relay id's message, in arrival order.
+
+    Returns the requests that cannot be traced so: no ``X-Relay-Id``, an id given to no
+    message, or one whose message is not the one the request holds (its tag): the relay id the
+    relay gave out must be the one it sent under. They are left out of every trace.
+    """
+    untraced: list[str] = []
+    for request in sorted(received, key=lambda r: r.at):
+        tag = owner.get(request.relay_id or "")
+        match = TAG.search(request.body.decode("utf-8", "replace"))
+        carried = match.group() if match else None
+        if tag is not None and carried == tag:
+            traces[tag].answers.append(request.answered)
+            continue
+        whose = "given to no message" if tag is None else f"given to {tag}"
+        kept = "kept" if request.kept else f"answered {request.answered}"
+        untraced.append(
+            f"{provider}: a request holding {carried} ({kept}) under X-Relay-Id "
+            f"{request.relay_id!r}, {whose}"
+        )
+    return untraced
+
+
+def _dead_letters(stack: DevStack) -> list[tuple[str | None, str | None, dict[str, str]]]:
+    """Every dead letter: its RelayId, the tag its body holds, its attributes (name -> value)."""
     sqs = boto3.client("sqs")
-    found: list[tuple[str, dict[str, str]]] = []
+    found: list[tuple[str | None, str | None, dict[str, str]]] = []
     while batch := sqs.receive_message(
         QueueUrl=stack.env["DEAD_LETTER_QUEUE_URL"],
         MaxNumberOfMessages=10,
@@ -993,10 +1114,7 @@ def _dead_letters(stack: DevStack, report: Report) -> list[tuple[str, dict[str, 
                 for name, value in message.get("MessageAttributes", {}).items()
             }
             match = TAG.search(message["Body"])
-            if match:
-                found.append((match.group(), attributes))
-            else:
-                report.bad_dead_letters.append(f"a dead letter for no known message: {attributes}")
+            found.append((attributes.get("RelayId"), match.group() if match else None, attributes))
     return found
 
 

@@ -9,7 +9,7 @@ import pytest
 from relay.config import Settings
 from relay.message import Message
 from relay.phone import mask
-from relay.providers import build_request, read_error, read_receipt
+from relay.providers import RELAY_ID_HEADER, build_request, read_error, read_receipt
 
 SETTINGS = Settings.from_env(
     {"PROVIDER_TOKENS_SECRET": "t", "RELAY_AUTH_SECRET": "a", "IDEMPOTENCY_TABLE": "i"}
@@ -39,6 +39,33 @@ def test_fluents_request():
         "from_number": "+12025550143",
         "message": "Grüße",
     }
+
+
+LANCEPILOT = Message("lancepilot", "+14155550123", "hi", workspace=WS)
+FLUENTS = Message("fluents", "+4915123456789", "hi", sender="+12025550143")
+RELAY_ID = "0b6f3e0e-7c1a-4e55-8d2b-3f1e9a6c2d40"
+
+
+@pytest.mark.parametrize("message", [LANCEPILOT, FLUENTS], ids=["lancepilot", "fluents"])
+def test_every_provider_request_carries_the_relay_id(message):
+    request = build_request(message, "tok", SETTINGS, relay_id=RELAY_ID)
+    bare = build_request(message, "tok", SETTINGS)
+
+    assert RELAY_ID_HEADER == "X-Relay-Id"
+    assert request.headers[RELAY_ID_HEADER] == RELAY_ID
+    # A header and nothing else: the provider's documented request is unchanged.
+    assert {k: v for k, v in request.headers.items() if k != RELAY_ID_HEADER} == bare.headers
+    assert (request.url, request.body) == (bare.url, bare.body)
+    assert RELAY_ID_HEADER not in bare.headers  # no id given, no header
+
+
+def test_a_relay_id_that_is_no_header_value_is_percent_encoded():
+    # A producer's own RelayId attribute: CR/LF must not split the header, and http.client
+    # sends header values as Latin-1.
+    request = build_request(LANCEPILOT, "tok", SETTINGS, relay_id="a\r\nX-Evil: 1 ☃")
+
+    assert request.headers[RELAY_ID_HEADER] == "a%0D%0AX-Evil%3A%201%20%E2%98%83"
+    assert request.headers[RELAY_ID_HEADER].isascii()
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ class Deliverer:
         unsent or in doubt, and the caller decides whether to try again.
         """
         token = self._credentials.provider_token(message.provider)
-        request = build_request(message, token, self._settings)
+        request = build_request(message, token, self._settings, relay_id=relay_id)
         context = {"relay_id": relay_id, "provider": message.provider, "to": mask(message.to)}
 
         def on_retry(retry: int, status: int | None, error: str | None, wait: float) -> None:

@@ -3,7 +3,8 @@
 Lancepilot (WhatsApp, API v3): ``POST /workspaces/{workspace}/contacts/number/{number}/
 messages/text`` with ``{"text": {"body": ...}}``. Fluents (SMS, hosted API): ``POST
 /v1/messages`` with ``{"to_number", "from_number", "message"}``. Both take ``Authorization:
-Bearer <token>``. docs/providers.md says what the documents leave open and how it is decided.
+Bearer <token>``. Every request also carries ``X-Relay-Id``, which neither document declares:
+see docs/providers.md, with what the documents leave open and how it is decided.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from relay.message import Message
 
 MAX_ERROR_DETAIL = 2048
+# The message's relay id, for tracing a send on the provider's side and counting deliveries in
+# tests. Not an idempotency key: neither provider documents one, and unknown headers are ignored.
+RELAY_ID_HEADER = "X-Relay-Id"
 
 
 class OutboundRequest(NamedTuple):
@@ -29,8 +33,11 @@ class OutboundRequest(NamedTuple):
     headers: dict[str, str]
 
 
-def build_request(message: Message, token: str, settings: Settings) -> OutboundRequest:
-    """The provider call that sends ``message``, exactly as the provider's document says."""
+def build_request(
+    message: Message, token: str, settings: Settings, *, relay_id: str | None = None
+) -> OutboundRequest:
+    """The provider call that sends ``message``, exactly as the provider's document says, plus
+    ``X-Relay-Id: <relay_id>`` when a relay id is given."""
     payload: dict[str, Any]
     if message.provider == "lancepilot":
         assert message.workspace is not None
@@ -44,14 +51,17 @@ def build_request(message: Message, token: str, settings: Settings) -> OutboundR
         assert message.sender is not None
         url = f"{settings.fluents_api_url}/v1/messages"
         payload = {"to_number": message.to, "from_number": message.sender, "message": message.text}
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+    if relay_id is not None:
+        # Percent-encoded: a RelayId attribute set by a producer could hold CR/LF or non-Latin-1
+        # text, which must not reach a header line; the relay's own ids (UUIDs) pass unchanged.
+        headers[RELAY_ID_HEADER] = quote(relay_id, safe="")
     return OutboundRequest(
-        url=url,
-        body=json.dumps(payload, ensure_ascii=False).encode(),
-        headers={
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        },
+        url=url, body=json.dumps(payload, ensure_ascii=False).encode(), headers=headers
     )
 
 
