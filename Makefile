@@ -96,6 +96,9 @@ build: $(STAMP) ## sam build for python3.13/arm64 without a container (bytecode 
 	@# sam build's cache is keyed on the layer's files, not on LAYER_BYTECODE: check the result.
 	@ls .aws-sam/build/RelayLayer/python/relay/__pycache__/*.cpython-313.pyc >/dev/null 2>&1 \
 		|| { echo "the built layer has no python3.13 bytecode (a cached bare sam build?): rm -rf .aws-sam, then make build" >&2; exit 1; }
+	@# ... nor on the handlers: a cached layer pruned for older handlers must still hold all they import.
+	$(BIN)/python layers/relay/prune.py --check .aws-sam/build/RelayLayer/python layers/relay/relay functions/*/app.py \
+		|| { echo "the built layer lacks Powertools modules the handlers import: rm -rf .aws-sam, then make build" >&2; exit 1; }
 
 deploy: build ## sam deploy (add ENV=prod for the prod config)
 	$(BIN)/sam deploy --config-env $(or $(ENV),default)

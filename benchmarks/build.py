@@ -5,12 +5,16 @@
 
 Sizes are on disk (unzipped, Lambda's 250 MB limit counts these) and deflated as a zip
 (what is uploaded). The layer is broken down by top-level package; the target is that it holds
-nothing the Lambda runtime already has (boto3, botocore, s3transfer).
+nothing the Lambda runtime already has (boto3, botocore, s3transfer), and of Powertools only what
+the relay can import: the build prunes the rest (layers/relay/prune.py; LAYER_PRUNE=0 does not).
+What was pruned is read from the build itself: the files Powertools' RECORD lists that the layer
+lacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import os
 import subprocess
@@ -19,6 +23,7 @@ import tempfile
 import zipfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from benchmarks._stack import REPO, markdown_table, write_result
 
@@ -86,6 +91,37 @@ def powertools(site: Path) -> dict[str, int]:
     return dict(sorted(sizes.items(), key=lambda item: -item[1]))
 
 
+def pruned(site: Path) -> dict[str, Any]:
+    """Powertools as its wheel installed it (RECORD: sources, no bytecode) against what ships;
+    each directory (or file) the prune removed with its source bytes."""
+    record = next(site.glob("aws_lambda_powertools-*.dist-info")) / "RECORD"
+    installed = {
+        path: int(size)
+        for path, _, size in csv.reader(record.read_text().splitlines())
+        if path.startswith("aws_lambda_powertools/") and size
+    }
+    removed: dict[str, int] = defaultdict(int)
+    for path, size in installed.items():
+        parts = Path(path).parts
+        gone = next(
+            (d for d in range(2, len(parts) + 1) if not site.joinpath(*parts[:d]).exists()), 0
+        )
+        if gone:  # the topmost missing directory (or the file itself) names what was pruned
+            removed[".".join(parts[1:gone]).removesuffix(".py")] += size
+    root = site / "aws_lambda_powertools"
+    shipped = files(root)
+    return {
+        "installed_source_bytes": sum(installed.values()),
+        "shipped_source_bytes": sum(
+            p.stat().st_size for p in shipped if "__pycache__" not in p.parts
+        ),
+        "shipped_bytes": sum(p.stat().st_size for p in shipped),
+        "shipped_zipped_bytes": zipped_bytes(root),
+        "pruned_source_bytes": sum(removed.values()),
+        "pruned": dict(sorted(removed.items(), key=lambda item: -item[1])),
+    }
+
+
 def measure(build: Path) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
     """Each artifact's files, bytes and zipped bytes; the layer's bytes per package."""
     artifacts = {}
@@ -118,6 +154,7 @@ def main() -> None:
             sam_build(build)
         artifacts, layer = measure(build)
         powertools_parts = powertools(build / "RelayLayer" / "python")  # before scratch goes
+        powertools_pruned = pruned(build / "RelayLayer" / "python")
     if not artifacts["RelayLayer"]["bytecode_files"]:
         raise SystemExit("the layer was built without its bytecode: nothing written")
     runtime = [p for p in IN_RUNTIME if p in layer]
@@ -128,6 +165,7 @@ def main() -> None:
             "artifacts": artifacts,
             "layer_packages": layer,
             "powertools_packages": powertools_parts,
+            "powertools_pruned": powertools_pruned,
             "runtime_packages_in_layer": runtime,
         },
     )
@@ -163,6 +201,27 @@ def main() -> None:
             ["package", "KB"], [[name, f"{size / kb:,.0f}"] for name, size in layer.items()]
         )
     )
+    pt = powertools_pruned
+    print("\n## Powertools after pruning\n")
+    print(
+        markdown_table(
+            ["Powertools", "KB"],
+            [
+                ["as installed (sources, RECORD)", f"{pt['installed_source_bytes'] / kb:,.0f}"],
+                ["pruned (sources)", f"{pt['pruned_source_bytes'] / kb:,.0f}"],
+                ["shipped (sources)", f"{pt['shipped_source_bytes'] / kb:,.0f}"],
+                ["shipped, with bytecode (unzipped)", f"{pt['shipped_bytes'] / kb:,.0f}"],
+                ["shipped, with bytecode (zipped)", f"{pt['shipped_zipped_bytes'] / kb:,.0f}"],
+            ],
+        )
+    )
+    if pt["pruned"]:
+        print(
+            "\nPruned (sources): "
+            + ", ".join(f"{n} {s / kb:,.0f}" for n, s in pt["pruned"].items())
+        )
+    else:
+        print("\nNothing pruned: Powertools ships whole (LAYER_PRUNE=0?)")
     print("\n## Powertools, by subpackage (unzipped, top 12)\n")
     parts = list(powertools_parts.items())[:12]
     print(markdown_table(["subpackage", "KB"], [[n, f"{s / kb:,.0f}"] for n, s in parts]))
