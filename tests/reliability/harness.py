@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 
 TAG = re.compile(r"rel-\d{7}")
 PROVIDERS = ("lancepilot", "fluents")
+# How long a caller keeps retrying a 409 (the key in progress elsewhere): past the webhook's
+# 28 s timeout (template.yaml), when any invocation holding the key has ended.
+IN_PROGRESS_PATIENCE_S = 40.0
 ENTRIES = {"sqs": 40, "http async": 30, "http sync": 30}  # entry point -> share of messages
 BROKEN_SHARE = 0.02  # SQS producers' messages without "to": parked as invalid, never sent
 # Queued messages whose every provider request meets a retryable fault: they must end as
@@ -737,9 +740,13 @@ def _send(
         if item.entry == "http async":
             headers["Prefer"] = "respond-async"
             backlog.wait_for_room()
-        # A well-behaved client: the same key again after 503, 504 or 409, until final.
+        # A well-behaved client: the same key again after 503, 504 or 409, until final. A 409
+        # can last until the invocation holding the key ends (up to the function's timeout: a
+        # DynamoDB write whose answer was lost, then retried by botocore, finds its own record
+        # in progress), so 409s are waited out for longer and do not use up the tries.
         statuses: list[int] = []
-        for attempt in range(10):
+        attempt, in_progress_until = 0, time.monotonic() + IN_PROGRESS_PATIENCE_S
+        while True:
             answer = http.request(
                 "POST",
                 f"{stack.url}/v1/messages",
@@ -757,8 +764,14 @@ def _send(
                     given[item.tag].append(relay_id)
             if answer.status not in (409, 503, 504):
                 break
-            time.sleep(0.05 * (attempt + 1))
-        answers[item.tag] = Answer(answer.status, parsed, attempt + 1, tuple(statuses))
+            if answer.status == 409 and time.monotonic() < in_progress_until:
+                time.sleep(0.5)
+                continue
+            attempt += 1
+            if attempt == 10:
+                break
+            time.sleep(0.05 * attempt)
+        answers[item.tag] = Answer(answer.status, parsed, len(statuses), tuple(statuses))
 
     with ThreadPoolExecutor(max_workers=12) as pool:
         list(pool.map(post, [p for p in planned if p.entry != "sqs"]))
