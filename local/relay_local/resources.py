@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import yaml
 
 from relay_local.lambda_runtime import REPO
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,10 @@ class StackResources:
     table: str
     tokens_secret: str
     auth_secret: str
-    max_receive_count: int  # the redrive policy's; the delivery function's MAX_RECEIVE_COUNT
+    max_receive_count: int  # MaxReceiveCount: the delivery function's MAX_RECEIVE_COUNT
+    # The queue's redrive policy's maxReceiveCount: one more, for an invocation that ended
+    # without an outcome on the function's last receive (template.yaml works it out).
+    redrive_max_receive_count: int
 
 
 def load_template() -> dict[str, Any]:
@@ -83,9 +89,12 @@ def create(
         "QueueArn"
     ]
     queue = resources["DeliveryQueue"]["Properties"]
+    queue_receives = int(
+        _evaluate(queue["RedrivePolicy"]["maxReceiveCount"], {"MaxReceiveCount": receives})
+    )
     redrive = {
         "deadLetterTargetArn": dlq_arn,
-        "maxReceiveCount": receives,
+        "maxReceiveCount": queue_receives,
     }
     queue_url = sqs.create_queue(
         QueueName=f"{prefix}-delivery",
@@ -101,4 +110,19 @@ def create(
     tokens_secret, auth_secret = f"{prefix}/provider-tokens", f"{prefix}/auth"
     secrets.create_secret(Name=tokens_secret, SecretString=json.dumps(tokens))
     secrets.create_secret(Name=auth_secret, SecretString=json.dumps(auth))
-    return StackResources(queue_url, dlq_url, table_name, tokens_secret, auth_secret, receives)
+    return StackResources(
+        queue_url, dlq_url, table_name, tokens_secret, auth_secret, receives, queue_receives
+    )
+
+
+def _evaluate(value: Any, parameters: Mapping[str, Any]) -> Any:
+    """A template value with the intrinsic functions it uses (``Ref`` to a parameter,
+    ``Select``) worked out as CloudFormation would, given the parameters' values."""
+    if isinstance(value, dict) and len(value) == 1:
+        [(function, argument)] = value.items()
+        if function == "Ref" and argument in parameters:
+            return parameters[argument]
+        if function == "Select":
+            index, choices = (_evaluate(item, parameters) for item in argument)
+            return _evaluate(choices[int(index)], parameters)
+    return value

@@ -55,8 +55,10 @@ they are held back, with a warning, unless --include-stale.
 Dead letters marked PossiblyDelivered had a send the provider may have accepted (its answer
 never came), and the relay has no record of a delivery to recognise them by: redriven, each
 is sent again. They are held back, with a warning, unless --include-possibly-delivered:
-check with the provider first. While any is there, --all uses the loop, not the task
-(which cannot hold them back), unless --include-possibly-delivered.
+check with the provider first. Dead letters with no ErrorKind at all (moved by the queue's
+redrive policy, not parked by the relay) count as possibly delivered too. While any is there,
+--all uses the loop, not the task (which cannot hold them back), unless
+--include-possibly-delivered.
 
 The loop hides each message it receives from other readers until it ends: {dlq.HOLD_SECONDS} s at
 first, doubling for a long scan up to --max-hold (default {dlq.MAX_HOLD_SECONDS} s). That is how
@@ -310,7 +312,10 @@ def _stale_warning(count: int, key_ttl: dlq.KeyTtl) -> str:
 
 def _possibly_delivered_warning(count: int, *, included: bool) -> str:
     """One line: how many the provider may have already, and what became of them."""
-    maybe = f"{count} dead letters are possibly delivered (a send went unanswered)"
+    maybe = (
+        f"{count} dead letters are possibly delivered (a send went unanswered, or no ErrorKind:"
+        " moved by the queue's redrive policy)"
+    )
     if included:
         return (
             f"{maybe}: redriving them (--include-possibly-delivered); any the provider had "

@@ -48,7 +48,8 @@ MAX_ATTRIBUTES = 10  # SQS's limit per message
 CLOCK_SKEW_SECONDS = 30  # how far this machine's clock may run ahead of SQS's
 ERROR_PREFIX = "Error"  # ErrorKind, ErrorStatus, ErrorMessage: this dead-lettering's reason
 # "true" when a send of the message went unanswered: the provider may have it, and the relay
-# has no record of a delivery to recognise it by, so a redrive would send it again.
+# has no record of a delivery to recognise it by, so a redrive would send it again. A dead
+# letter with no ErrorKind at all counts the same (``DeadLetter.possibly_delivered``).
 POSSIBLY_DELIVERED = "PossiblyDelivered"
 # What an endpoint answers for an action it does not have (moto_server, older emulators).
 UNSUPPORTED = {
@@ -102,8 +103,15 @@ class DeadLetter:
 
     @property
     def possibly_delivered(self) -> bool:
-        """PossiblyDelivered: the provider may have it (an ambiguous send), and a redrive sends
-        it again, unrecognised."""
+        """The provider may have it, and a redrive may send it again: PossiblyDelivered (a send
+        went unanswered), or no ErrorKind at all.
+
+        A dead letter without a reason was moved by the queue's redrive policy, not parked by
+        the relay: an invocation ended without an outcome (a crash, a timeout; deployments
+        before the policy allowed one receive more than the function), possibly mid-send.
+        """
+        if not (self.kind or "").strip():
+            return True
         return (self.attribute(POSSIBLY_DELIVERED) or "").strip().lower() == "true"
 
     @property
@@ -167,6 +175,7 @@ class DeadLetter:
         one without a RelayId gets ``relay_id`` where it fits (a redrive gives it a new message
         id): the relay's key for one with no other, and what the run's loop guard knows it by.
         PossiblyDelivered stays too (as SQS's move task keeps it): parked again, it says so still.
+        A letter possibly delivered for having no reason gets it where it fits, after RelayId.
         """
         kept: dict[str, MessageAttributeValueTypeDef] = {}
         for name, value in self.attributes.items():
@@ -181,6 +190,8 @@ class DeadLetter:
             kept[name] = copy
         if "RelayId" not in kept and self._room():
             kept["RelayId"] = {"DataType": "String", "StringValue": self.relay_id}
+        if self.possibly_delivered and (POSSIBLY_DELIVERED in kept or len(kept) < MAX_ATTRIBUTES):
+            kept[POSSIBLY_DELIVERED] = {"DataType": "String", "StringValue": "true"}
         return kept
 
 
@@ -435,7 +446,8 @@ class Survey:
 
     unkeyed: int = 0  # with no key: the task would give them new message ids
     stale: int = 0  # older than the key TTL: the task cannot hold them back
-    possibly_delivered: int = 0  # PossiblyDelivered: the task cannot hold them back either
+    # PossiblyDelivered, or no reason at all: the task cannot hold them back either.
+    possibly_delivered: int = 0
     incomplete: bool = False  # the scan stopped short: the counts are a lower bound
 
 
@@ -480,7 +492,8 @@ class RedriveSummary:
     stale: int = 0  # selected, but older than the key TTL: held back unless include_stale
     include_stale: bool = False
     unkeyable: int = 0  # selected, but no key and no room for a RelayId: always held back
-    # Selected, not held back otherwise, but PossiblyDelivered: held back unless included.
+    # Selected, not held back otherwise, but possibly delivered (PossiblyDelivered, or no
+    # ErrorKind): held back unless included.
     possibly_delivered: int = 0
     include_possibly_delivered: bool = False
 

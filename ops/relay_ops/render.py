@@ -104,7 +104,8 @@ def detail(letter: DeadLetter, now: datetime, *, unmasked: bool = False) -> str:
     ]
     if letter.possibly_delivered:
         lines.append(
-            "PossiblyDelivered: yes: a send went unanswered, the provider may have it; redrive "
+            "PossiblyDelivered: yes: a send went unanswered (or, with no ErrorKind, an invocation "
+            "ended without an outcome), the provider may have it; redrive "
             "holds it back unless --include-possibly-delivered"
         )
     lines.append("Attributes:")

@@ -65,6 +65,22 @@ def test_a_mixed_batch_is_delivered_per_provider(delivery, aws, lancepilot, flue
     assert dead_letters(aws) == []
 
 
+def test_the_relay_id_goes_to_the_provider_and_a_producers_odd_one_is_not_used(
+    delivery, aws, lancepilot
+):
+    plain = send(aws, lancepilot_message(text="plain"), RelayId="relay-9")
+    odd = send(aws, lancepilot_message(text="odd"), RelayId="evil\r\nX-Injected: 1" + "x" * 300)
+    unset = send(aws, lancepilot_message(text="unset"))
+
+    result = delivery.poll_once()
+
+    assert result.failed == []
+    sent = {r.json["text"]["body"]: r.relay_id for r in lancepilot.accepted()}
+    # The RelayId attribute when it is a plain id; else, as when unset, the SQS message id.
+    assert sent == {"plain": "relay-9", "odd": odd, "unset": unset}
+    assert plain != "relay-9"
+
+
 def test_the_sample_mixed_batch_event(delivery, aws, lancepilot, fluents):
     event = load_event("sqs_mixed_batch.json")
 
@@ -267,7 +283,8 @@ def test_records_that_cannot_finish_in_time_are_handed_back_unsent(
 
 
 def test_a_batch_is_sent_concurrently(delivery, aws, lancepilot, fluents):
-    lancepilot.latency = fluents.latency = 0.3
+    # Long enough that all five sends to a provider overlap even on a loaded machine.
+    lancepilot.latency = fluents.latency = 1.0
     try:
         for i in range(5):
             send(aws, lancepilot_message(text=str(i)))

@@ -91,6 +91,7 @@ def test_a_request_still_in_progress_gets_409(webhook, aws, lancepilot):
 
     assert answers["first"].status == 201
     assert answers["second"].status == 409
+    assert answers["second"].headers["retry-after"] == "1"
     assert len(lancepilot.received) == 1
 
 

@@ -1,15 +1,21 @@
 """A send that got no answer: the delivery function remembers it (a marker in the idempotency
 table) and a dead letter of that message says PossiblyDelivered, so a redrive does not resend it
-unawares. Through the real handler, moto and the sandbox providers."""
+unawares. So does a send cut off by a crash or the Lambda's timeout, which leaves only its
+INPROGRESS record; and a receive past the last the function plans for parks the message with a
+reason, sending nothing. Through the real handler, moto and the sandbox providers."""
 
 from __future__ import annotations
 
 import json
 import time
 
+import boto3
 import pytest
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from botocore.exceptions import ClientError
 
+from relay.idempotency import DELIVER, Idempotency, request_for
+from relay.message import Defaults, parse_message
 from relay_local.esm import EventSourceMapping
 from relay_local.lambda_runtime import LambdaContext, load_function
 from relay_local.sandbox import Fault
@@ -46,11 +52,22 @@ def mapping(aws) -> EventSourceMapping:
     return EventSourceMapping(aws.sqs, aws.queue_url, handler, wait_seconds=0, timeout_s=30)
 
 
-def last_receive(aws) -> dict:
-    """The one queued message as the event source hands it over on its last allowed receive."""
+def received_as(aws, receive_count: int) -> dict:
+    """The one queued message as the event source hands it over on this receive."""
     [record] = received_records(aws, 1)
-    record["attributes"]["ApproximateReceiveCount"] = str(aws.max_receive_count)
+    record["attributes"]["ApproximateReceiveCount"] = str(receive_count)
     return record
+
+
+def cut_off_mid_send(aws, key: str, body: dict) -> None:
+    """What a delivery leaves when its invocation dies mid-send (SIGKILL, the Lambda's timeout):
+    the INPROGRESS record Powertools wrote before the send, its in-progress time over, and no
+    marker. Written by Powertools' own persistence layer, set up as the relay sets up its own."""
+    store = DynamoDBPersistenceLayer(table_name=aws.table, boto3_client=aws.dynamodb)
+    config = Idempotency(boto3.session.Session(), aws.table, TTL).config
+    store.configure(config, key_prefix=DELIVER)
+    request = request_for(key, parse_message(body, Defaults()))
+    store.save_inprogress(request, remaining_time_in_millis=0)  # the invocation's time is up
 
 
 @pytest.fixture
@@ -176,7 +193,7 @@ def test_unanswered_on_the_last_receive_is_possibly_delivered_with_no_marker(
     send(aws, lancepilot_message(), **producer)
     handler = load_function("delivery").lambda_handler
 
-    answer = handler({"Records": [last_receive(aws)]}, LambdaContext())
+    answer = handler({"Records": [received_as(aws, aws.max_receive_count)]}, LambdaContext())
 
     assert answer == {"batchItemFailures": []}
     [parked] = dead_letters(aws)
@@ -246,6 +263,137 @@ def test_a_failed_record_delete_after_an_unanswered_send_still_leaves_the_marker
     assert answer == {"batchItemFailures": [{"itemIdentifier": message_id}]}
     assert marker(aws, "relay-f") is not None
     assert log_lines(logs, "ambiguous send will be retried")
+
+
+# --- a send cut off by a crash or the Lambda's timeout ----------------------------------------
+
+
+def test_a_send_cut_off_mid_flight_then_a_refusal_is_parked_as_possibly_delivered(
+    delivery, aws, lancepilot, logs
+):
+    # Receive 1's invocation died mid-send: the message comes back when its visibility timeout
+    # ends. Receive 2 takes the record over and meets 503s (the failure deletes the record);
+    # receive 3, the last, a refusal. Only the marker written on receive 2 can tell it.
+    lancepilot.enqueue(*[Fault.status(503)] * 4, Fault.status(422, REFUSAL))
+    body = lancepilot_message()
+    send(aws, body, RelayId="relay-g")
+    [dead] = received_records(aws, 1)
+    cut_off_mid_send(aws, "relay-g", body)
+    aws.sqs.change_message_visibility(
+        QueueUrl=aws.queue_url, ReceiptHandle=dead["receiptHandle"], VisibilityTimeout=0
+    )
+
+    delivery.drain(idle_seconds=2.2, limit_s=20)
+
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "ErrorKind") == "permanent"
+    assert attribute(parked, "PossiblyDelivered") == "true"
+    assert [r.answered for r in lancepilot.received] == [503] * 4 + [422]
+    assert marker(aws, "relay-g") is not None
+    [seen] = log_lines(logs, "an earlier send may have gone out unanswered")
+    assert (seen["relay_id"], seen["level"]) == ("relay-g", "WARNING")
+    [line] = log_lines(logs, "message dead-lettered")
+    assert (line["possibly_delivered"], line["receive_count"]) == (True, 3)
+
+
+def test_a_redelivery_with_no_record_left_reads_it_once_and_is_not_flagged(
+    dynamodb_calls, aws, fluents
+):
+    # An earlier receive was handed back the ordinary way: its failure deleted its record.
+    fluents.set_default(Fault.status(400, FLUENTS_REFUSAL))
+    send(aws, fluents_message(), RelayId="relay-h")
+
+    answer = mapping(aws).handler({"Records": [received_as(aws, 2)]}, LambdaContext())
+
+    assert answer == {"batchItemFailures": []}
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "ErrorKind") == "permanent"
+    assert "PossiblyDelivered" not in parked["MessageAttributes"]
+    assert dynamodb_calls.count("GetItem") == 2  # the record before the send, the marker after
+    assert marker(aws, "relay-h") is None
+
+
+# --- past the last receive: an earlier invocation ended without an outcome --------------------
+
+
+@pytest.mark.parametrize(("cut_off", "flagged"), [(False, None), (True, "true")])
+def test_a_receive_past_the_last_parks_with_the_reason_and_sends_nothing(
+    relay_env, aws, lancepilot, cut_off, flagged
+):
+    body = lancepilot_message()
+    send(aws, body, RelayId="relay-i")
+    if cut_off:  # the last receive's invocation died mid-send
+        cut_off_mid_send(aws, "relay-i", body)
+    past = aws.max_receive_count + 1
+    handler = load_function("delivery").lambda_handler
+
+    answer = handler({"Records": [received_as(aws, past)]}, LambdaContext())
+
+    assert answer == {"batchItemFailures": []}
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "ErrorKind") == "exhausted"
+    assert attribute(parked, "ErrorStatus") is None
+    assert attribute(parked, "ErrorMessage") == (
+        f"gave up after {past} receives: an earlier invocation ended without an outcome "
+        "(timeout or crash)"
+    )
+    assert attribute(parked, "PossiblyDelivered") == flagged
+    assert lancepilot.received == []
+
+
+def test_a_receive_past_the_last_with_an_unreadable_record_is_possibly_delivered(
+    relay_env, failing_aws_call, aws, lancepilot
+):
+    failing_aws_call("dynamodb.GetItem")
+    send(aws, lancepilot_message())
+    handler = load_function("delivery").lambda_handler
+
+    handler({"Records": [received_as(aws, aws.max_receive_count + 1)]}, LambdaContext())
+
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "ErrorKind") == "exhausted"
+    assert attribute(parked, "PossiblyDelivered") == "true"  # the safe side: a redrive waits
+    assert lancepilot.received == []
+
+
+def test_a_delivered_message_received_past_the_last_is_deleted_unsent(relay_env, aws, lancepilot):
+    # Delivered, then its invocation timed out before the event source deleted the message.
+    send(aws, lancepilot_message())
+    [record] = received_records(aws, 1)
+    handler = load_function("delivery").lambda_handler
+    assert handler({"Records": [record]}, LambdaContext()) == {"batchItemFailures": []}
+    record["attributes"]["ApproximateReceiveCount"] = str(aws.max_receive_count + 1)
+
+    answer = handler({"Records": [record]}, LambdaContext())
+
+    assert answer == {"batchItemFailures": []}  # the event source deletes it
+    assert len(lancepilot.received) == 1
+    assert dead_letters(aws) == []
+
+
+def test_an_unanswered_send_whose_parking_failed_is_flagged_past_the_last_receive(
+    relay_env, failing_aws_call, aws, lancepilot
+):
+    # The last receive's send goes unanswered and its dead-letter send fails: handed back. The
+    # receive after it, which the queue allows, has only the marker to go by.
+    failing_aws_call("sqs.SendMessage")
+    lancepilot.enqueue(Fault.hang(1.0))
+    message_id = send(aws, lancepilot_message(), RelayId="relay-j")
+    handler = load_function("delivery").lambda_handler
+    [record] = received_records(aws, 1)
+    record["attributes"]["ApproximateReceiveCount"] = str(aws.max_receive_count)
+
+    handed_back = handler({"Records": [record]}, LambdaContext())
+    record["attributes"]["ApproximateReceiveCount"] = str(aws.max_receive_count + 1)
+    answer = handler({"Records": [record]}, LambdaContext())
+
+    assert handed_back == {"batchItemFailures": [{"itemIdentifier": message_id}]}
+    assert marker(aws, "relay-j") is not None
+    assert answer == {"batchItemFailures": []}
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "ErrorKind") == "exhausted"
+    assert attribute(parked, "PossiblyDelivered") == "true"
+    assert len(lancepilot.received) == 1
 
 
 def test_the_http_path_leaves_no_marker(webhook, aws, lancepilot):

@@ -173,7 +173,7 @@ ANSWERS = {
     answering=st.sampled_from(sorted(ANSWERS)),
 )
 # Always tried: a valid message with SQS's ten attributes, reserved names among them, parked on
-# its last receive (exhausted) and past it (permanent), so dead_letter must drop some of them.
+# its last receive (exhausted) and past it (exhausted, unsent), so dead_letter must drop some.
 @example(batch=[(EXAMPLE_BODY, TEN_ATTRIBUTES, 3)], answering="503")
 @example(batch=[(EXAMPLE_BODY, TEN_ATTRIBUTES, 6)], answering="a refusal")
 @BATCHES

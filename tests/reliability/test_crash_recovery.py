@@ -1,6 +1,8 @@
 """Kill the delivery worker mid-batch, as a Lambda timeout would, and watch every message
 come back after the visibility timeout and get delivered: once, except the sends that were in
-flight at the kill (their outcome was never learned, so they may go out again)."""
+flight at the kill (their outcome was never learned, so they may go out again). The provider
+refuses those second copies: parked, each says PossiblyDelivered, though only the record the
+kill left INPROGRESS could tell the relay so."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import pytest
 from relay.batch import BATCH_MARGIN_SECONDS
 from relay_local import resources
 from relay_local.lambda_runtime import REPO
-from relay_local.sandbox import ProviderSandbox
+from relay_local.sandbox import Fault, ProviderSandbox
 from tests.conftest import API_KEY, SIGNING_SECRET, TOKENS, WORKSPACE
 
 if TYPE_CHECKING:
@@ -38,9 +40,8 @@ LAMBDA_TIMEOUT_S = math.ceil(BATCH_MARGIN_SECONDS) + 5 + 2
 # The queue's visibility timeout, at least the function's timeout (as SQS event sources
 # require; the template uses six times): shortened from 360 s so the test does not wait.
 VISIBILITY_S = LAMBDA_TIMEOUT_S
-# The template's MaxReceiveCount feeds both the redrive policy and the function's
-# MAX_RECEIVE_COUNT: the relay parks a message with its reason on the last receive, before
-# the queue's own redrive would move it without one (resources.StackResources says the same).
+# The template's MaxReceiveCount, the function's MAX_RECEIVE_COUNT: the relay parks a message
+# with its reason by then; the queue's redrive policy allows one receive more for that.
 RECEIVES = 5
 CONCURRENCY = 2
 LATENCY_S = 0.6  # each provider answer: sends go in rounds of CONCURRENCY, this far apart
@@ -48,6 +49,9 @@ MESSAGES = 10  # one batch: the worker takes them all in its one invocation
 # The worker's poller starts just before it prints "worker ready", so its first receive (which
 # starts the visibility timeout) and its invocation may begin a little before we read the line.
 STARTUP_SLACK_S = 0.5
+# What the provider answers the second copy of a message caught in flight (as one that spots
+# duplicates might): a permanent refusal, which parks the message at once.
+REFUSAL = Fault.status(422, {"message": "Validation error", "errors": {"text": ["duplicate"]}})
 QUEUE_COUNTS = [
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
@@ -81,14 +85,18 @@ class SendLog:
         self._sends: list[Send] = []
 
     def __call__(self, received: Received) -> None:
-        tag = json.loads(received.body)["text"]["body"]
-        send = Send(tag, received.at, time.monotonic(), received.answered)
+        send = Send(tag_of(received), received.at, time.monotonic(), received.answered)
         with self._lock:
             self._sends.append(send)
 
     def sends(self) -> list[Send]:
         with self._lock:
             return list(self._sends)
+
+
+def tag_of(received: Received) -> str:
+    """Which message a request sends: the text is its tag."""
+    return str(json.loads(received.body)["text"]["body"])
 
 
 @dataclass
@@ -238,15 +246,18 @@ def test_a_killed_worker_loses_nothing_and_resends_only_what_was_in_flight(stack
         assert expires >= started_after + LAMBDA_TIMEOUT_S, (expires - started_after, item)
         assert expires <= started_before + LAMBDA_TIMEOUT_S + 0.05, (expires - started_before, item)
 
+    refused = {s.tag for s in in_flight}
+    stack.sandbox.set_chooser(lambda received: REFUSAL if tag_of(received) in refused else None)
     second = worker(stack.env)
     try:
         # All back after the visibility timeout (measured from the killed worker's receive),
-        # sent, and deleted from the queue: nothing left visible or in flight.
+        # sent (the refused ones parked), and deleted from the queue: nothing left visible or
+        # in flight.
         deadline = ready + VISIBILITY_S + 30
         while True:
             delivered = {s.tag for s in log.sends() if s.accepted and not caught(s)}
             counts = queue_counts(sqs, made.queue_url)
-            if delivered >= set(tags) and not any(counts.values()):
+            if delivered >= set(tags) - refused and not any(counts.values()):
                 break
             if time.monotonic() > deadline:
                 pytest.fail(
@@ -262,7 +273,8 @@ def test_a_killed_worker_loses_nothing_and_resends_only_what_was_in_flight(stack
     assert len(sends) == len(stack.sandbox.received)  # the hook saw every request
     assert stack.sandbox.violations() == []
     # Strictly, per message: sent once before the kill and heard back, never again; or sent
-    # once after the kill, plus at most one copy that was in flight at the kill (ambiguous).
+    # once after the kill (refused if a copy was in flight at the kill, else accepted), plus
+    # at most that one copy (ambiguous).
     problems, ambiguous = {}, set()
     for tag in tags:
         mine = [s for s in sends if s.tag == tag]
@@ -272,13 +284,15 @@ def test_a_killed_worker_loses_nothing_and_resends_only_what_was_in_flight(stack
             continue
         after = [s for s in mine if s.arrived >= dead]
         copies = [s for s in mine if s.arrived < dead]
-        if len(after) != 1 or not after[0].accepted:
-            problems[tag] = ("not delivered exactly once after the kill", mine)
+        answer = 422 if tag in refused else 201
+        if [s.status for s in after] != [answer]:
+            problems[tag] = (f"not sent exactly once after the kill, answered {answer}", mine)
         elif copies and (len(copies) > 1 or not caught(copies[0])):
             problems[tag] = ("a copy before the kill that was not in flight at it", mine)
         elif copies:
             ambiguous.add(tag)
     assert problems == {}, problems
+    assert ambiguous == refused, (ambiguous, refused)
     assert len(ambiguous) <= CONCURRENCY, ambiguous  # one round of sends, no more
 
     # The killed batch came back only after the visibility timeout, not when the worker died.
@@ -287,8 +301,19 @@ def test_a_killed_worker_loses_nothing_and_resends_only_what_was_in_flight(stack
     back_after = min(s.arrived for s in redelivered) - started_after
     assert back_after >= VISIBILITY_S, f"redelivered {back_after:.2f} s after the receive"
 
-    # Nothing left behind: each message has its one COMPLETED record, both queues are empty.
-    assert sorted(statuses(records(dynamodb, made.table))) == ["COMPLETED"] * MESSAGES
+    # Each message caught in flight is parked as refused, and says the provider may have it:
+    # a redrive would send it a third time. Nothing else is parked (the DLQ is empty below).
+    parked = take_dead_letters(sqs, made.dlq_url, len(refused))
+    assert sorted(json.loads(letter["Body"])["text"] for letter in parked) == sorted(refused)
+    for letter in parked:
+        reason = {k: v["StringValue"] for k, v in letter["MessageAttributes"].items()}
+        assert (reason["ErrorKind"], reason["ErrorStatus"]) == ("permanent", "422"), reason
+        assert reason.get("PossiblyDelivered") == "true", reason
+    # Left behind: a COMPLETED record for each message delivered, and a marker for each record
+    # the kill left INPROGRESS (the redelivery read it); the refusals deleted their records.
+    assert sorted(statuses(records(dynamodb, made.table))) == sorted(
+        ["COMPLETED"] * (MESSAGES - len(refused)) + ["AMBIGUOUS"] * len(in_progress)
+    )
     assert queue_counts(sqs, made.queue_url) == dict.fromkeys(QUEUE_COUNTS, 0)
     assert queue_counts(sqs, made.dlq_url) == dict.fromkeys(QUEUE_COUNTS, 0)
 
@@ -304,14 +329,29 @@ def test_a_killed_worker_loses_nothing_and_resends_only_what_was_in_flight(stack
             "first send after the kill, seconds after the killed receive": round(back_after, 1),
             "visibility timeout, seconds": VISIBILITY_S,
             "delivered once": MESSAGES - len(ambiguous),
-            "delivered, plus one copy in flight at the kill": len(ambiguous),
+            "in flight at the kill, second copy refused, parked": len(ambiguous),
             "duplicate sends": len(sends) - MESSAGES,
             "duplicates not in flight at the kill": 0,  # asserted per message above
-            "dead-lettered": 0,  # asserted: the dead-letter queue is empty
+            "dead-lettered": len(parked),
+            "dead-lettered with PossiblyDelivered": len(parked),  # asserted: every one
             "lost": len(set(tags) - {s.tag for s in sends if s.accepted}),
             "provider requests in all": len(sends),
         }
     )
+
+
+def take_dead_letters(sqs: Any, url: str, count: int) -> list[dict[str, Any]]:
+    """Receive and delete up to ``count`` dead letters, with their attributes."""
+    found: list[dict[str, Any]] = []
+    for _ in range(10):  # SQS may answer a receive with fewer than are there
+        if len(found) >= count:
+            break
+        for letter in sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+        ).get("Messages", []):
+            found.append(letter)
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=letter["ReceiptHandle"])
+    return found
 
 
 def report(counts: dict[str, Any]) -> None:

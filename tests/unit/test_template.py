@@ -301,9 +301,25 @@ def test_delivery_function_and_its_event_source(
     assert env["DEAD_LETTER_QUEUE_URL"] == {"Ref": "DeliveryDeadLetterQueue"}
     assert env["DELIVERY_QUEUE_URL"] == {"Ref": "DeliveryQueue"}
     assert env["IDEMPOTENCY_TABLE"] == {"Ref": "IdempotencyTable"}
-    # The handler dead-letters on the same receive count the redrive policy uses.
-    redrive = resources["DeliveryQueue"]["Properties"]["RedrivePolicy"]
-    assert env["MAX_RECEIVE_COUNT"] == redrive["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
+    # The handler dead-letters on its last receive; the redrive policy allows one more (see
+    # test_the_queue_allows_one_receive_more_than_the_function).
+    assert env["MAX_RECEIVE_COUNT"] == {"Ref": "MaxReceiveCount"}
+
+
+def test_the_queue_allows_one_receive_more_than_the_function(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    # A crash, a timeout or a failed dead-letter send on the function's last receive leaves
+    # the message to one receive more, where the function parks it with a reason; with equal
+    # counts SQS would move it to the DLQ with none. For every value the parameter allows.
+    parameter = template["Parameters"]["MaxReceiveCount"]
+    env = environment(template, resources["DeliveryFunction"]["Properties"])
+    assert env["MAX_RECEIVE_COUNT"] == {"Ref": "MaxReceiveCount"}
+    given = resources["DeliveryQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"]
+    index, choices = given["Fn::Select"]
+    assert index == {"Ref": "MaxReceiveCount"}
+    allowed = range(parameter["MinValue"], parameter["MaxValue"] + 1)
+    assert [int(choices[value]) for value in allowed] == [value + 1 for value in allowed]
 
 
 def test_queues_are_encrypted_and_outlast_the_function(resources: dict[str, Any]) -> None:

@@ -7,9 +7,11 @@ An HTTP request keeps one record, whichever way it went: a delivery, or ``{"stat
 for a message the webhook queued, which the delivery function then sends under the key
 ``{"relay_id": ...}``.
 
-Besides the records, the SQS path keeps a marker per relay id whose send ended without an
-answer (``mark_ambiguous``): the failure deleted the record, and the marker is what tells a
-later dead-lettering of the message that the provider may already have it.
+Besides the records, the SQS path keeps a marker per idempotency key whose send ended without
+an answer (``mark_ambiguous``): the failure deleted the record, and the marker is what tells a
+later dead-lettering of the message (or of another copy with the same key) that the provider
+may already have it. A send cut off by a crash or the Lambda's timeout deletes nothing: its
+record stays INPROGRESS, and a later receive reads it (``earlier_send``) to learn the same.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
@@ -26,9 +28,11 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
+    IdempotencyItemNotFoundError,
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS
 
 from relay.errors import DependencyUnavailable, InvalidMessage, ProviderTimeout, RelayError
 from relay.observability import logger
@@ -44,6 +48,8 @@ if TYPE_CHECKING:
     from relay.message import Message
 
 F = TypeVar("F", bound="Callable[..., dict[str, Any]]")
+# What a later receive finds of an earlier send of its message (``Idempotency.earlier_send``).
+EarlierSend = Literal["delivered", "unfinished", "none"]
 
 # An explicit prefix: Powertools' default embeds the module and function name, which differ
 # between the two handlers; deliveries must share one key space across both entry points.
@@ -65,6 +71,11 @@ class InProgress(RelayError):
     """The same key is being worked on right now, elsewhere."""
 
     status, kind, reason = 409, "transient", "in_progress"
+
+    def headers(self) -> dict[str, str]:
+        # Most sends take well under a second; a key left in progress by an invocation that
+        # ended without an outcome is free again by the function's timeout, so keep trying.
+        return {"Retry-After": "1"}
 
 
 class Idempotency:
@@ -181,6 +192,30 @@ class Idempotency:
         # One past its expiry that DynamoDB has not removed yet counts too: the send it records
         # may still have gone out.
         return "Item" in found
+
+    def earlier_send(self, request: dict[str, Any], relay_id: str) -> EarlierSend:
+        """What the record kept for ``request`` (``request_for``) says of an earlier send of it.
+
+        "delivered": COMPLETED. "unfinished": INPROGRESS, so its invocation ended mid-send (a
+        crash, the Lambda's timeout) or is still sending; also a record past its TTL, one
+        Powertools cannot read, or no answer at all (the safe side, as for the marker). "none":
+        no record, or one of another message under the same key. One consistent GetItem, as
+        Powertools makes it (its key layout); ``relay_id`` is for the log.
+        """
+        try:
+            record = self._store.get_record(request)
+            status = record.status if record is not None else None
+        except (IdempotencyItemNotFoundError, IdempotencyValidationError):
+            return "none"
+        except Exception as error:
+            logger.warning(
+                "could not read the idempotency record; taking it as possibly delivered",
+                extra={"relay_id": relay_id, "error": type(error).__name__},
+            )
+            return "unfinished"
+        if status is None:
+            return "none"
+        return "delivered" if status == STATUS_CONSTANTS["COMPLETED"] else "unfinished"
 
 
 def _marker_key(key: str) -> str:

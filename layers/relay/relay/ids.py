@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,20 @@ def keyed_relay_id(scope: str, key: str, payload: Mapping[str, Any]) -> str:
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode("ascii")).hexdigest()
     return str(uuid.uuid5(KEYED_IDS, json.dumps([scope, key, digest])))
+
+
+# What a RelayId attribute may hold to be used as one: the relay's own (UUIDs, SQS message ids)
+# and anything as plain. A producer can set any text there, and the id goes into logs, dead
+# letters and the X-Relay-Id header; anything else is ignored for the SQS message id.
+_RELAY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def queued_relay_id(attribute: str | None, message_id: str) -> str:
+    """The relay id of a queued message: its ``RelayId`` attribute if it is a plain id (the
+    webhook's, or kept through a redrive), else its SQS message id."""
+    if attribute is not None and _RELAY_ID.fullmatch(attribute):
+        return attribute
+    return message_id
 
 
 def is_uuid(value: str) -> bool:

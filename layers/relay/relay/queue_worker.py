@@ -21,6 +21,7 @@ from relay.errors import (
     RelayError,
 )
 from relay.idempotency import QUEUED_BY, REPLAYED, request_for
+from relay.ids import queued_relay_id
 from relay.intake import load_json
 from relay.message import parse_message
 from relay.observability import logger, outcomes
@@ -126,7 +127,7 @@ class QueueWorker:
             "message handed back for redelivery",
             extra={
                 "outcome": "retry",
-                "relay_id": queued.attribute("RelayId") or queued.message_id,
+                "relay_id": queued_relay_id(queued.attribute("RelayId"), queued.message_id),
                 "provider": provider,
                 "reason": redeliver.reason,
                 "delay_s": redeliver.delay,
@@ -138,7 +139,7 @@ class QueueWorker:
         self, queued: QueuedMessage, message: Message | RelayError, deadline: float | None
     ) -> Outcome:
         """Deliver ``message`` (from ``parse``) before ``deadline``; raise Redeliver to retry."""
-        relay_id = queued.attribute("RelayId") or queued.message_id
+        relay_id = queued_relay_id(queued.attribute("RelayId"), queued.message_id)
         if isinstance(message, RelayError):
             return self._park(queued, None, "invalid", None, _describe(message), relay_id)
         key = message.idempotency_key or queued.attribute("IdempotencyKey") or relay_id
@@ -148,21 +149,28 @@ class QueueWorker:
             # under the relay id, as an object so that no caller's key (a string) can be the
             # same, and with this message's payload (its defaults may have changed since).
             record_key = {"relay_id": relay_id}
+        request = request_for(record_key, message)
+        if queued.receive_count > self._settings.max_receive_count:
+            return self._past_the_last_receive(queued, message, request, relay_id, key)
+        # A redelivery may follow a receive cut off mid-send: only redeliveries (rare) read
+        # the record first, the first receive goes straight to the send.
+        unfinished = queued.receive_count > 1 and self._unfinished_before(request, key, relay_id)
         if deadline is None:
-            return self._retry_or_park(queued, message, OutOfTime(), relay_id, key)
+            return self._retry_or_park(queued, message, OutOfTime(), relay_id, key, unfinished)
         try:
             result = self._deliver_once(
-                request=request_for(record_key, message),
-                message=message,
-                relay_id=relay_id,
-                deadline=deadline,
+                request=request, message=message, relay_id=relay_id, deadline=deadline
             )
         except InvalidMessage as error:  # the key was used before for another message
-            return self._park(queued, message, "invalid", None, _describe(error), relay_id, key)
+            detail = _describe(error)
+            return self._park(
+                queued, message, "invalid", None, detail, relay_id, key, unfinished=unfinished
+            )
         except ProviderRejected as error:
             detail = f"{error.message}: {_short(error.provider_error)}"
+            status = error.provider_status
             return self._park(
-                queued, message, "permanent", error.provider_status, detail, relay_id, key
+                queued, message, "permanent", status, detail, relay_id, key, unfinished=unfinished
             )
         except RelayError as error:
             if isinstance(error, ProviderTimeout) and not self._last_receive(queued):
@@ -171,7 +179,7 @@ class QueueWorker:
                 # parks the message would not know the provider may already have it. (On the
                 # last receive the parking below flags it from the error itself.)
                 self._idempotency.mark_ambiguous(key, relay_id)
-            return self._retry_or_park(queued, message, error, relay_id, key)
+            return self._retry_or_park(queued, message, error, relay_id, key, unfinished)
         except Exception as error:  # not the relay's own (a Powertools or botocore surprise)
             # The type only: an exception's text can carry message data.
             logger.error(
@@ -179,21 +187,69 @@ class QueueWorker:
                 extra={"error": type(error).__name__},
             )
             unexpected = RelayError(f"unexpected {type(error).__name__}")
-            return self._retry_or_park(queued, message, unexpected, relay_id, key)
+            return self._retry_or_park(queued, message, unexpected, relay_id, key, unfinished)
         return "duplicate" if result.get(REPLAYED) else "delivered"
 
+    def _unfinished_before(self, request: dict[str, Any], key: str, relay_id: str) -> bool:
+        """Whether an earlier receive's send may have gone out with no outcome recorded.
+
+        A send cut off by a crash or the Lambda's timeout leaves its record INPROGRESS and no
+        marker; Powertools takes such a record over once it expires, and its failure then
+        deletes it. The marker keeps the fact for a later parking, on this receive or another.
+        """
+        if self._idempotency.earlier_send(request, relay_id) != "unfinished":
+            return False
+        logger.warning("an earlier send may have gone out unanswered", extra={"relay_id": relay_id})
+        self._idempotency.mark_ambiguous(key, relay_id)
+        return True
+
+    def _past_the_last_receive(
+        self,
+        queued: QueuedMessage,
+        message: Message,
+        request: dict[str, Any],
+        relay_id: str,
+        key: str,
+    ) -> Outcome:
+        """A receive the relay did not plan for: the queue's redrive policy allows one more than
+        MAX_RECEIVE_COUNT, so an invocation that ended without an outcome on the last receive (a
+        crash, a timeout, a failed dead-letter send) still gets the message parked with a
+        reason, not moved by SQS without one. Nothing is sent: its receives are used up."""
+        earlier = self._idempotency.earlier_send(request, relay_id)
+        if earlier == "delivered":
+            return "duplicate"
+        detail = (
+            f"gave up after {queued.receive_count} receives: an earlier invocation ended "
+            "without an outcome (timeout or crash)"
+        )
+        unfinished = earlier == "unfinished"
+        return self._park(
+            queued, message, "exhausted", None, detail, relay_id, key, unfinished=unfinished
+        )
+
     def _retry_or_park(
-        self, queued: QueuedMessage, message: Message, error: RelayError, relay_id: str, key: str
+        self,
+        queued: QueuedMessage,
+        message: Message,
+        error: RelayError,
+        relay_id: str,
+        key: str,
+        unfinished: bool,
     ) -> Outcome:
         if self._last_receive(queued):
             detail = f"gave up after {queued.receive_count} receives: {error.message}"
             status = getattr(error, "provider_status", None)
-            return self._park(queued, message, "exhausted", status, detail, relay_id, key, error)
+            return self._park(
+                queued, message, "exhausted", status, detail, relay_id, key, error, unfinished
+            )
         retry_after = error.retry_after if isinstance(error, ProviderUnavailable) else None
         raise Redeliver(error.reason, self.backoff(queued.receive_count, retry_after or 0))
 
     def _last_receive(self, queued: QueuedMessage) -> bool:
-        """No receive follows this one: the relay parks the message rather than hand it back."""
+        """The last receive the relay plans for: it parks the message rather than hand it back.
+
+        The queue's redrive policy allows one more, for when this one ends without an outcome.
+        """
         return queued.receive_count >= self._settings.max_receive_count
 
     def backoff(self, receive_count: int, retry_after: int = 0) -> int:
@@ -210,8 +266,13 @@ class QueueWorker:
         relay_id: str,
         key: str | None = None,
         error: RelayError | None = None,
+        unfinished: bool = False,
     ) -> Outcome:
-        possibly_delivered = self._possibly_delivered(queued, message, key, relay_id, error)
+        """Dead-letter the message with its reason; ``unfinished``: an earlier send of it may
+        have gone out (``_unfinished_before``)."""
+        possibly_delivered = unfinished or self._possibly_delivered(
+            queued, message, key, relay_id, error
+        )
         reason: dict[str, str | int | None] = {
             "ErrorKind": kind,
             "ErrorStatus": status,
@@ -222,12 +283,16 @@ class QueueWorker:
         }
         try:
             self._queues.dead_letter(queued.body, reason, queued.attributes)
-        except Exception as error:
+        except Exception as failure:
             # Never delete a message without a home: hand it back, it will come round again.
             logger.error(
                 "could not dead-letter; handing the message back",
-                extra={"error": type(error).__name__},
+                extra={"error": type(failure).__name__},
             )
+            if isinstance(error, ProviderTimeout) and key is not None:
+                # An unanswered send on the last receive wrote no marker and its failure deleted
+                # the record: the receive that parks the message next would not know of it.
+                self._idempotency.mark_ambiguous(key, relay_id)
             raise Redeliver("dead_letter_failed", self.backoff(1)) from None
         provider = message.provider if message is not None else None
         outcomes.count("MessagesFailed", provider, ("Reason", PARKED_REASON[kind]))
