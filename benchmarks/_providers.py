@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import IO, Any, TypedDict
 
 
@@ -74,6 +75,7 @@ class ProviderProcess:
     def __init__(self, host: str, latency: float) -> None:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "benchmarks._providers", host, str(latency)],
+            cwd=Path(__file__).resolve().parents[1],  # the repository: benchmarks is a package
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -123,7 +123,8 @@ def test_a_killed_redrive_loses_nothing_and_its_rerun_delivers_nothing_twice(
     assert f"if it is killed, they reappear on the DLQ within {HOLD_S} s" in err
     first, in_flight = gate.sends
     assert (len(first), len(in_flight)) == (10, 10)
-    assert (visible(aws, aws.dlq_url), hidden(aws, aws.dlq_url)) == (5, 10)  # none lost
+    # None lost: the held batch is hidden or, if the hold already ran out here, back.
+    assert visible(aws, aws.dlq_url) + hidden(aws, aws.dlq_url) == 15
     assert visible(aws, aws.queue_url) == 20
 
     # The delivery function goes on meanwhile: both batches are delivered and recorded.

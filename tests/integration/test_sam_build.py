@@ -177,6 +177,8 @@ def test_powertools_is_pruned(site: Path, build: tuple[Path, str]) -> None:
 CHECKING = ("TYPE_CHECKING", "typing.TYPE_CHECKING")
 
 
+# A walk of its own, not prune.closure's: the check of what the build kept must not share the
+# pruning's blind spots.
 def _runtime_imports(path: Path, package: str) -> set[tuple[str, bool]]:
     """(name, must be a module) for each import that runs: `from x import y` gives x (a module)
     and x.y (a submodule or an attribute). Bodies of `if TYPE_CHECKING:` never run."""

@@ -318,7 +318,8 @@ def test_the_queue_allows_one_receive_more_than_the_function(
     given = resources["DeliveryQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"]
     index, choices = given["Fn::Select"]
     assert index == {"Ref": "MaxReceiveCount"}
-    allowed = range(parameter["MinValue"], parameter["MaxValue"] + 1)
+    allowed = [int(value) for value in parameter["AllowedValues"]]
+    assert allowed == list(range(2, 101))  # whole numbers: an index into the list
     assert [int(choices[value]) for value in allowed] == [value + 1 for value in allowed]
 
 

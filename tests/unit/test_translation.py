@@ -7,6 +7,7 @@ import json
 import pytest
 
 from relay.config import Settings
+from relay.ids import queued_relay_id
 from relay.message import Message
 from relay.phone import mask
 from relay.providers import RELAY_ID_HEADER, build_request, read_error, read_receipt
@@ -60,12 +61,34 @@ def test_every_provider_request_carries_the_relay_id(message):
 
 
 def test_a_relay_id_that_is_no_header_value_is_percent_encoded():
-    # A producer's own RelayId attribute: CR/LF must not split the header, and http.client
-    # sends header values as Latin-1.
+    # CR/LF must not split the header, and http.client sends header values as Latin-1.
     request = build_request(LANCEPILOT, "tok", SETTINGS, relay_id="a\r\nX-Evil: 1 ☃")
 
-    assert request.headers[RELAY_ID_HEADER] == "a%0D%0AX-Evil%3A%201%20%E2%98%83"
+    assert request.headers[RELAY_ID_HEADER] == "a%0D%0AX-Evil:%201%20%E2%98%83"
     assert request.headers[RELAY_ID_HEADER].isascii()
+
+
+@pytest.mark.parametrize(
+    ("attribute", "relay_id"),
+    [
+        ("6f1d7c1e-0b4a-4e2f-9c83-4d2a61b7e905", "6f1d7c1e-0b4a-4e2f-9c83-4d2a61b7e905"),
+        ("order:12.v2_x-y", "order:12.v2_x-y"),  # plain: used, and sent unchanged
+        (None, "mid"),
+        ("", "mid"),
+        ("order #12", "mid"),
+        ("a\r\nX-Evil: 1", "mid"),
+        ("x" * 129, "mid"),
+        ("-leading", "mid"),
+    ],
+)
+def test_a_queued_message_uses_its_relay_id_attribute_only_when_it_is_a_plain_id(
+    attribute, relay_id
+):
+    chosen = queued_relay_id(attribute, "mid")
+
+    assert chosen == relay_id
+    sent = build_request(LANCEPILOT, "tok", SETTINGS, relay_id=chosen)
+    assert sent.headers[RELAY_ID_HEADER] == relay_id
 
 
 @pytest.mark.parametrize(

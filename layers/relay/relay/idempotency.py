@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound="Callable[..., dict[str, Any]]")
 # What a later receive finds of an earlier send of its message (``Idempotency.earlier_send``).
-EarlierSend = Literal["delivered", "unfinished", "none"]
+EarlierSend = Literal["delivered", "unfinished", "unreadable", "none"]
 
 # An explicit prefix: Powertools' default embeds the module and function name, which differ
 # between the two handlers; deliveries must share one key space across both entry points.
@@ -197,8 +197,9 @@ class Idempotency:
         """What the record kept for ``request`` (``request_for``) says of an earlier send of it.
 
         "delivered": COMPLETED. "unfinished": INPROGRESS, so its invocation ended mid-send (a
-        crash, the Lambda's timeout) or is still sending; also a record past its TTL, one
-        Powertools cannot read, or no answer at all (the safe side, as for the marker). "none":
+        crash, the Lambda's timeout) or is still sending; also a record past its TTL.
+        "unreadable": no answer, or one Powertools cannot read: to be taken as possibly
+        delivered (the safe side, as for the marker), but it proves nothing to remember. "none":
         no record, or one of another message under the same key. One consistent GetItem, as
         Powertools makes it (its key layout); ``relay_id`` is for the log.
         """
@@ -212,7 +213,7 @@ class Idempotency:
                 "could not read the idempotency record; taking it as possibly delivered",
                 extra={"relay_id": relay_id, "error": type(error).__name__},
             )
-            return "unfinished"
+            return "unreadable"
         if status is None:
             return "none"
         return "delivered" if status == STATUS_CONSTANTS["COMPLETED"] else "unfinished"

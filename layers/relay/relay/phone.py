@@ -16,21 +16,32 @@ def _libphonenumber() -> ModuleType:
     """``phonenumbers.phonenumberutil`` (parse and validity) without the package's ``__init__``.
 
     That ``__init__`` also imports the as-you-type formatter, the number matcher and the
-    short-number rules, which the relay never uses: a third of the package's import, about 33 M
-    instructions of every cold start (docs/performance.md). An unexecuted stand-in for the
-    package lets the one module load; it is taken out again, so a later ``import phonenumbers``
-    anywhere runs the real ``__init__``, which finds the submodules loaded and shares them.
+    short-number rules, which the relay never uses: a third of the package's import, about 30 M
+    instructions of every cold start (docs/performance.md, section 1). The package is put in
+    ``sys.modules`` unexecuted, so the one module loads alone; the first attribute anything
+    else asks of it runs the real ``__init__`` (PEP 562), so ``import phonenumbers`` elsewhere
+    still gets the whole package, sharing the submodules already loaded.
     """
-    if "phonenumbers" in sys.modules:  # the real package is loaded already: nothing to save
+    if "phonenumbers" in sys.modules:  # loaded already (or by another copy of this trick)
         return importlib.import_module("phonenumbers.phonenumberutil")
     spec = importlib.util.find_spec("phonenumbers")
-    if spec is None:
+    if spec is None or spec.loader is None:
         raise ModuleNotFoundError("phonenumbers (phonenumberslite) is not installed")
-    sys.modules["phonenumbers"] = importlib.util.module_from_spec(spec)
+    package = importlib.util.module_from_spec(spec)
+    loader = spec.loader
+
+    def complete(name: str) -> object:
+        del vars(package)["__getattr__"]  # once: from here on, the real package
+        loader.exec_module(package)
+        return getattr(package, name)
+
+    vars(package)["__getattr__"] = complete  # PEP 562: asked only for what is missing
+    sys.modules["phonenumbers"] = package
     try:
         return importlib.import_module("phonenumbers.phonenumberutil")
-    finally:
+    except BaseException:
         del sys.modules["phonenumbers"]
+        raise
 
 
 _phonenumbers = _libphonenumber()

@@ -57,9 +57,9 @@ def build_request(
         "Accept": "application/json",
     }
     if relay_id is not None:
-        # Percent-encoded: a RelayId attribute set by a producer could hold CR/LF or non-Latin-1
-        # text, which must not reach a header line; the relay's own ids (UUIDs) pass unchanged.
-        headers[RELAY_ID_HEADER] = quote(relay_id, safe="")
+        # Percent-encoded, should a caller of this function pass text that is no header value;
+        # the relay's ids (UUIDs, SQS message ids, a producer's plain RelayId) pass unchanged.
+        headers[RELAY_ID_HEADER] = quote(relay_id, safe=":")
     return OutboundRequest(
         url=url, body=json.dumps(payload, ensure_ascii=False).encode(), headers=headers
     )

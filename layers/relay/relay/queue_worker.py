@@ -197,7 +197,10 @@ class QueueWorker:
         marker; Powertools takes such a record over once it expires, and its failure then
         deletes it. The marker keeps the fact for a later parking, on this receive or another.
         """
-        if self._idempotency.earlier_send(request, relay_id) != "unfinished":
+        earlier = self._idempotency.earlier_send(request, relay_id)
+        if earlier == "unreadable":  # flag this receive; a marker would outlast a blip
+            return True
+        if earlier != "unfinished":
             return False
         logger.warning("an earlier send may have gone out unanswered", extra={"relay_id": relay_id})
         self._idempotency.mark_ambiguous(key, relay_id)
@@ -222,7 +225,7 @@ class QueueWorker:
             f"gave up after {queued.receive_count} receives: an earlier invocation ended "
             "without an outcome (timeout or crash)"
         )
-        unfinished = earlier == "unfinished"
+        unfinished = earlier in ("unfinished", "unreadable")
         return self._park(
             queued, message, "exhausted", None, detail, relay_id, key, unfinished=unfinished
         )
