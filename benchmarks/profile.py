@@ -64,6 +64,11 @@ PACKAGES: dict[str, tuple[str, str | None]] = {
         f"{PHONENUMBERS}\nphonenumbers.is_valid_number(phonenumbers.parse('+14155550123', None))",
         "phonenumbers",
     ),
+    # How the relay loads it (relay/phone.py): phonenumberutil without the package's __init__.
+    "relay.phone (phonenumberutil alone), first is_valid_number (US)": (
+        "from relay.phone import is_valid_number\nis_valid_number('+14155550123')",
+        None,
+    ),
     "Powertools logger, metrics, tracer": (POWERTOOLS, None),
     "aws_xray_sdk.core": (XRAY, None),
     "X-Ray botocore patch": (f"{XRAY}\naws_xray_sdk.core.patch(['botocore'])", "aws_xray_sdk.core"),
