@@ -8,7 +8,7 @@ of 100 records (50 per provider) and the webhook takes 100 sequential requests, 
 answering after 200 ms (so that the batch can reach its limit at each provider); the peak is
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end (and after loading, for the baseline).
 The most requests each provider stand-in answered at once is counted too (``peak_in_flight``,
-the stand-ins run in this process): it says how many sends the peak was taken with.
+counted in the stand-ins' own process): it says how many sends the peak was taken with.
 Children are forked by a shell so that ru_maxrss is their own (see _stack.LAUNCH).
 
 On Lambda, "Max Memory Used" also counts the runtime's own client code in the same process
