@@ -67,7 +67,7 @@ reliability: $(STAMP) ## 2,000 messages under seeded faults; prints docs/reliabi
 	$(BIN)/pytest -q --hypothesis-seed=7 --hypothesis-show-statistics \
 		tests/property tests/e2e/test_schemathesis.py  # examples and answers per test
 
-soak: $(STAMP) ## the same with 50,000 messages (about 45 minutes)
+soak: $(STAMP) ## the same with 50,000 messages (about 45-50 minutes)
 	$(BIN)/python -m tests.reliability.harness --messages 50000 --seed 7
 
 bench: $(BENCH_STAMP) ## benchmarks and chart for docs/performance.md (about 50 minutes)
