@@ -315,23 +315,23 @@ def test_a_stale_layer_fails_the_prune_check(site: Path, tmp_path: Path) -> None
     assert "aws_lambda_powertools.utilities.parameters" in stale.stderr
 
 
-def test_layer_prune_0_ships_powertools_whole(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            "make",
-            "-s",
-            "-C",
-            str(REPO_ROOT / "layers" / "relay"),
-            "build-RelayLayer",
-            f"ARTIFACTS_DIR={tmp_path}",
-            f"PYTHON={sys.executable}",
-            "LAYER_PRUNE=0",
-            "LAYER_BYTECODE=0",
-        ],
+def build_layer(
+    *variables: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The layer's Makefile target alone, as sam runs it, with ``NAME=value`` overrides."""
+    return subprocess.run(
+        ["make", "-s", "-C", str(REPO_ROOT / "layers" / "relay"), "build-RelayLayer", *variables],
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+    )
+
+
+def test_layer_prune_0_ships_powertools_whole(tmp_path: Path) -> None:
+    result = build_layer(
+        f"ARTIFACTS_DIR={tmp_path}", f"PYTHON={sys.executable}", "LAYER_PRUNE=0", "LAYER_BYTECODE=0"
     )
     assert result.returncode == 0, result.stderr
     assert "LAYER_PRUNE=0: Powertools ships whole" in result.stdout
@@ -350,23 +350,12 @@ def test_a_layer_build_that_requires_bytecode_fails_without_a_compiler(tmp_path:
         "npm_config_fetch_retries": "0",
         "npm_config_cache": str(tmp_path / "npm-cache"),  # not a cached Pyodide either
     }
-    result = subprocess.run(
-        [
-            "make",
-            "-s",
-            "-C",
-            str(REPO_ROOT / "layers" / "relay"),
-            "build-RelayLayer",
-            f"ARTIFACTS_DIR={tmp_path / 'artifacts'}",
-            "PYTHON313_CANDIDATES=",
-            f"PYODIDE_DIR={tmp_path / 'pyodide'}",
-            "LAYER_BYTECODE=required",
-        ],
+    result = build_layer(
+        f"ARTIFACTS_DIR={tmp_path / 'artifacts'}",
+        "PYTHON313_CANDIDATES=",
+        f"PYODIDE_DIR={tmp_path / 'pyodide'}",
+        "LAYER_BYTECODE=required",
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
     )
     assert result.returncode != 0
     assert "ERROR: LAYER_BYTECODE=required" in result.stderr
