@@ -26,6 +26,7 @@ KEPT_OUT = {
     "phonenumbers.asyoutypeformatter": "relay.phone loads phonenumberutil without the package",
     "phonenumbers.phonenumbermatcher": "relay.phone loads phonenumberutil without the package",
     "phonenumbers.shortnumberinfo": "relay.phone loads phonenumberutil without the package",
+    "phonenumbers.data.alt_format_49": "relay.phone defers libphonenumber's alternate formats",
 }
 
 # Load functions/<name>/app.py as the Lambda bootstrap does, then list what is loaded.
@@ -65,11 +66,20 @@ import sys
 from relay.phone import is_valid_number, _phonenumbers
 assert is_valid_number("+4915112345678") and not is_valid_number("+4900000000")
 assert "phonenumbers.asyoutypeformatter" not in sys.modules
+assert not [name for name in sys.modules if ".alt_format_" in name]
 import phonenumbers.phonenumberutil
 assert phonenumbers.phonenumberutil.parse is _phonenumbers.parse
 import phonenumbers
 assert phonenumbers.parse is _phonenumbers.parse
 assert phonenumbers.AsYouTypeFormatter("DE").input_digit("0") == "0"
+# The whole package's number matcher has read the alternate formats: loaded only now.
+text = "Ruf 030 12345678 oder +49 151 12345678 an"
+exact = phonenumbers.Leniency.EXACT_GROUPING
+assert len(list(phonenumbers.PhoneNumberMatcher(text, "DE", leniency=exact))) == 2
+from phonenumbers.data import PHONE_ALT_FORMAT_49, _ALT_NUMBER_FORMATS
+from phonenumbers.data.alt_format_49 import PHONE_ALT_FORMAT_49 as real
+assert _ALT_NUMBER_FORMATS[49] is PHONE_ALT_FORMAT_49 is real
+assert len(_ALT_NUMBER_FORMATS) == len([n for n in sys.modules if ".alt_format_" in n]) > 40
 print("ok")
 """
 

@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
     from types import ModuleType
 
 
@@ -20,7 +21,8 @@ def _libphonenumber() -> ModuleType:
     instructions of every cold start (docs/performance.md, section 1). The package is put in
     ``sys.modules`` unexecuted, so the one module loads alone; the first attribute anything
     else asks of it runs the real ``__init__`` (PEP 562), so ``import phonenumbers`` elsewhere
-    still gets the whole package, sharing the submodules already loaded.
+    still gets the whole package, sharing the submodules already loaded. The alternate formats
+    are put off too (``_AlternateFormatsDeferred``).
     """
     if "phonenumbers" in sys.modules:  # loaded already (or by another copy of this trick)
         return importlib.import_module("phonenumbers.phonenumberutil")
@@ -37,11 +39,76 @@ def _libphonenumber() -> ModuleType:
 
     vars(package)["__getattr__"] = complete  # PEP 562: asked only for what is missing
     sys.modules["phonenumbers"] = package
+    deferred = _AlternateFormatsDeferred()
+    sys.meta_path.insert(0, deferred)
     try:
-        return importlib.import_module("phonenumbers.phonenumberutil")
+        utilities = importlib.import_module("phonenumbers.phonenumberutil")
     except BaseException:
         del sys.modules["phonenumbers"]
         raise
+    finally:
+        sys.meta_path.remove(deferred)
+        deferred.stand_aside()
+    return utilities
+
+
+class _AlternateFormatsDeferred:
+    """Empty stand-ins for ``phonenumbers.data.alt_format_*`` while ``phonenumbers.data`` runs.
+
+    That package's ``__init__`` imports all 46 of libphonenumber's alternate formats (number
+    layouts only the number matcher reads) alongside the country-code table that parsing needs:
+    46 modules and about half the time of the part of libphonenumber the relay loads
+    (docs/performance.md, section 1). After the load the stand-ins are dropped and
+    ``phonenumbers.data`` answers ``_ALT_NUMBER_FORMATS`` and ``PHONE_ALT_FORMAT_<code>`` from
+    the real modules, imported on the first request for either (PEP 562).
+    """
+
+    PREFIX = "phonenumbers.data.alt_format_"
+
+    def __init__(self) -> None:
+        self.codes: list[str] = []
+
+    # The import system's finder and loader protocols, duck-typed: importlib.abc costs imports.
+    def find_spec(self, name: str, path: object, target: object = None) -> ModuleSpec | None:
+        if not name.startswith(self.PREFIX):
+            return None
+        return importlib.util.spec_from_loader(name, self)  # type: ignore[arg-type]  # exec_module, not the legacy load_module typeshed asks for
+
+    def create_module(self, spec: ModuleSpec) -> None:
+        return None  # the default module
+
+    def exec_module(self, module: ModuleType) -> None:
+        code = module.__name__.removeprefix(self.PREFIX)
+        self.codes.append(code)
+        setattr(module, f"PHONE_ALT_FORMAT_{code}", None)
+
+    def stand_aside(self) -> None:
+        """Drop the stand-ins; the real formats load when first asked for."""
+        data = sys.modules.get("phonenumbers.data")
+        if data is None or not self.codes:
+            return
+        namespace = vars(data)
+        for code in self.codes:
+            sys.modules.pop(self.PREFIX + code, None)
+            namespace.pop(f"alt_format_{code}", None)
+            namespace.pop(f"PHONE_ALT_FORMAT_{code}", None)
+        namespace.pop("_ALT_NUMBER_FORMATS", None)
+        codes = tuple(self.codes)
+
+        def load(name: str) -> object:
+            if name != "_ALT_NUMBER_FORMATS" and not name.startswith("PHONE_ALT_FORMAT_"):
+                raise AttributeError(f"module 'phonenumbers.data' has no attribute {name!r}")
+            del namespace["__getattr__"]  # once: from here on, the real data
+            formats = {}
+            for code in codes:
+                real = importlib.import_module(self.PREFIX + code)
+                formats[int(code)] = namespace[f"PHONE_ALT_FORMAT_{code}"] = getattr(
+                    real, f"PHONE_ALT_FORMAT_{code}"
+                )
+            namespace["_ALT_NUMBER_FORMATS"] = formats
+            return namespace[name]
+
+        namespace["__getattr__"] = load
 
 
 _phonenumbers = _libphonenumber()
