@@ -1,5 +1,8 @@
 """POST /v1/messages: authenticate, validate, then deliver now or (Prefer: respond-async) queue.
 
+A send that got no answer is held (parked in the dead-letter queue) and answered 504, as a
+failed one is, with "status": "held"; a repeat with its key gets the same answer, replayed.
+
 One route, dispatched here: Powertools' APIGatewayHttpResolver would cost 68 more modules and
 about 22 ms of cold start (its package imports every resolver; see docs/performance.md).
 """
@@ -11,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
 
-from relay.errors import RelayError
+from relay.errors import ProviderTimeout, RelayError
 from relay.intake import HttpRequest, prefers_async, read_message
 from relay.observability import logger, metrics, outcomes, tracer
 from relay.runtime import Relay
-from relay.service import Queued
+from relay.service import Held, Queued
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -52,6 +55,14 @@ def post_message(
             outcomes.count("MessagesQueued", message.provider)
         headers = {"Preference-Applied": "respond-async"}
         return _json(202, {"id": outcome.relay_id, "status": "queued"}, headers, replayed)
+    if isinstance(outcome, Held):  # no answer from the provider: parked, not to be resent
+        if not replayed:
+            outcomes.count("MessagesFailed", message.provider, ("Reason", ProviderTimeout.reason))
+            logger.warning(
+                "request failed",
+                extra={"status": ProviderTimeout.status, "reason": ProviderTimeout.reason},
+            )
+        return _json(ProviderTimeout.status, outcome.answer(), replayed=replayed)
     answer: dict[str, Any] = {
         "id": outcome.relay_id,
         "status": "delivered",

@@ -93,6 +93,8 @@ class DevStack:
             "RELAY_AUTH_SECRET": made.auth_secret,
             "IDEMPOTENCY_TABLE": made.table,
             "DELIVERY_QUEUE_URL": made.queue_url,
+            # Both functions, as the template's Globals: the delivery function parks what it
+            # gives up on, the webhook holds a synchronous send that got no answer.
             "DEAD_LETTER_QUEUE_URL": made.dlq_url,
             "MAX_RECEIVE_COUNT": str(made.max_receive_count),
             # Redelivery backoff in seconds rather than minutes, to watch it happen locally.

@@ -404,6 +404,28 @@ def test_the_webhook_role_is_enough_to_queue_with_respond_async(
     assert lancepilot.received == []
 
 
+def test_the_webhook_role_is_enough_to_hold_an_unanswered_send(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, lancepilot: ProviderSandbox
+) -> None:
+    webhook = load_as(stack.webhook_role, "webhook", monkeypatch)
+    post = Webhook(webhook.module).post
+    body = lancepilot_message(idempotency_key="iam-held-1")
+    lancepilot.enqueue(Fault.hang(1.5))
+
+    with enable_iam_authentication():
+        held = post(body, headers=bearer())  # SendMessage to the DLQ, UpdateItem: kept
+        again = post(body, headers=bearer())  # the record, returned by the refused put
+
+    assert not denials(webhook), denials(webhook)
+    assert (held.status, held.json["status"]) == (504, "held")
+    assert (again.status, again.json) == (504, held.json)
+    assert len(lancepilot.received) == 1
+    [parked] = queued(stack, stack.aws.dlq_url)
+    assert attribute(parked, "RelayId") == held.json["id"]
+    assert attribute(parked, "PossiblyDelivered") == "true"
+    assert queued(stack) == []
+
+
 # --- sufficient: the delivery function and its event source ------------------------------------
 
 
@@ -547,7 +569,7 @@ EXPECTED = {
         "GetSecretValue RelayAuthSecret": ALLOWED,
         "GetSecretValue other secret": denied("secretsmanager:GetSecretValue"),
         "SendMessage DeliveryQueue": ALLOWED,
-        "SendMessage DeliveryDeadLetterQueue": denied("sqs:SendMessage"),
+        "SendMessage DeliveryDeadLetterQueue": ALLOWED,  # a sync send with no answer, held
         "SendMessage other queue": denied("sqs:SendMessage"),
         "ReceiveMessage DeliveryQueue": denied("sqs:ReceiveMessage"),  # the event source's
         "ReceiveMessage DeliveryDeadLetterQueue": denied("sqs:ReceiveMessage"),

@@ -396,18 +396,26 @@ def test_an_unanswered_send_whose_parking_failed_is_flagged_past_the_last_receiv
     assert len(lancepilot.received) == 1
 
 
-def test_the_http_path_leaves_no_marker(webhook, aws, lancepilot):
+def test_the_http_path_parks_an_unanswered_send_flagged_and_leaves_no_marker(
+    webhook, aws, lancepilot
+):
     lancepilot.enqueue(Fault.hang(1.0))
 
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 504  # the caller is told; nothing is resent
+    assert answer.json["status"] == "held"  # parked: the dead letter itself says so
+    [parked] = dead_letters(aws)
+    assert attribute(parked, "PossiblyDelivered") == "true"
     assert aws.dynamodb.scan(TableName=aws.table)["Items"] == []
 
 
 def test_a_failed_record_delete_after_an_unanswered_send_is_still_504_on_http(
     relay_env, failing_aws_call, aws, lancepilot
 ):
+    # The dead-letter queue cannot take it (so the failure frees the key, as before the
+    # webhook held such sends), and then the record's delete fails too.
+    failing_aws_call("sqs.SendMessage")
     failing_aws_call("dynamodb.DeleteItem")
     webhook = Webhook(load_function("webhook"))
     lancepilot.enqueue(Fault.hang(1.0))
@@ -415,3 +423,5 @@ def test_a_failed_record_delete_after_an_unanswered_send_is_still_504_on_http(
     answer = webhook.post(lancepilot_message(idempotency_key="k-1"), headers=bearer())
 
     assert answer.status == 504  # the provider may have it: not a 503 inviting a retry
+    assert "status" not in answer.json  # not held: nothing parked it
+    assert marker(aws, "k-1") is not None

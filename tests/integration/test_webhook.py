@@ -518,6 +518,7 @@ def test_hanging_provider_gets_504_and_is_not_resent(webhook, lancepilot):
     assert answer.status == 504
     assert answer.json["message"].startswith("lancepilot gave no answer in time")
     assert "may or may not" in answer.json["message"]
+    assert answer.json["status"] == "held"  # parked for review (tests/integration/test_held.py)
     assert len(lancepilot.received) == 1
 
 
@@ -538,17 +539,19 @@ def test_dropped_connection_is_ambiguous_504_and_not_resent(webhook, lancepilot,
     assert len(lancepilot.received) <= 1
 
 
-def test_a_keyed_retry_of_a_504_answers_with_the_504s_id(webhook, lancepilot):
-    # A 504 keeps no record, so the retry sends again; its id says it is the same message.
+def test_a_keyed_retry_of_a_504_gets_the_504_again_and_is_not_resent(webhook, lancepilot):
+    # The 504's message is held (parked for review), and its record answers the retry.
     lancepilot.enqueue(Fault.reset_after_read())
     body = lancepilot_message(idempotency_key="k-in-doubt")
 
     in_doubt = webhook.post(body, headers=bearer())
     retried = webhook.post(body, headers=bearer())
 
-    assert (in_doubt.status, retried.status) == (504, 201)
-    assert retried.json["id"] == in_doubt.json["id"]
+    assert (in_doubt.status, retried.status) == (504, 504)
+    assert retried.json == in_doubt.json
+    assert retried.headers["idempotent-replayed"] == "true"
     assert is_uuid(retried.json["id"])
+    assert len(lancepilot.received) == 1
 
 
 def test_unkeyed_messages_get_a_fresh_uuid_each(webhook, lancepilot):

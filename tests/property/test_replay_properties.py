@@ -1,5 +1,6 @@
 """Replays and signatures: a signed request is delivered once, stale or forged ones never, and
-every secret comparison is constant-time. A failed request keeps no record: its replay is sent."""
+every secret comparison is constant-time. A refused or unavailable request keeps no record: its
+replay is sent. One that got no answer (504) is held, and its replay is not sent again."""
 
 from __future__ import annotations
 
@@ -71,12 +72,10 @@ def test_a_signed_request_sent_twice_is_delivered_once(webhook, lancepilot, text
 
 
 # The provider's answer to the first send, by the relay's answer to it. Each fails at once: a
-# refusal is not retried, a Retry-After beyond the send budget is passed on, a dropped
-# connection is not resent.
+# refusal is not retried, a Retry-After beyond the send budget is passed on.
 FAILURES = {
     502: Fault.status(422, {"message": "Validation error", "errors": {"number": ["not on it"]}}),
     503: Fault.status(503, retry_after="120"),
-    504: Fault.reset_after_read(),  # ambiguous: the provider had read the request
 }
 
 
@@ -97,8 +96,7 @@ def test_a_replay_after_a_failure_is_sent_again_and_after_a_delivery_is_not(
     replayed = webhook.post(raw=body, headers=headers)
 
     assert failed.status == status
-    # A failure leaves no record: the same webhook-id is sent again (after a 504, which the
-    # provider may have had, that can deliver it twice) ...
+    # A failure leaves no record: the same webhook-id is sent again ...
     assert retried.status == 201
     assert "idempotent-replayed" not in retried.headers
     assert retried.json["id"] == failed.json["id"]
@@ -107,6 +105,33 @@ def test_a_replay_after_a_failure_is_sent_again_and_after_a_delivery_is_not(
     assert replayed.headers["idempotent-replayed"] == "true"
     assert len(lancepilot.received) == 2
     assert len(lancepilot.accepted()) == 1
+
+
+@given(text=clean_text, async_=st.booleans())
+@HANDLER
+def test_a_replay_after_a_504_gets_the_same_504_and_is_not_sent_again(
+    webhook, lancepilot, text, async_
+):
+    lancepilot.reset()
+    # No answer: the provider read the request (it may have the message), then the line dropped
+    # (a hang past the read timeout is the same to the relay: tests/integration/test_held.py).
+    lancepilot.enqueue(Fault.reset_after_read())
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    body = json.dumps(lancepilot_message(text=text)).encode()
+    headers = {"content-type": "application/json", **signature_headers(body, msg_id=msg_id)}
+
+    in_doubt = webhook.post(raw=body, headers=headers)
+    # The replay may come either way: the key's one record answers it.
+    prefer = {"prefer": "respond-async"} if async_ else {}
+    replayed = webhook.post(raw=body, headers={**headers, **prefer})
+
+    # The message was held (parked for review), not left for a replay to send a second time.
+    assert (in_doubt.status, in_doubt.json["status"]) == (504, "held")
+    assert "idempotent-replayed" not in in_doubt.headers
+    assert (replayed.status, replayed.json) == (504, in_doubt.json)
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert len(lancepilot.received) == 1
+    assert lancepilot.accepted() == []
 
 
 # Headers the signature does not cover: a replayer can add or change any of them.

@@ -236,10 +236,20 @@ def test_webhook_role_grants_exactly_what_it_uses(resources: dict[str, Any]) -> 
             {"Ref": "ProviderTokensSecret"},
             {"Ref": "RelayAuthSecret"},
         ],
-        "sqs:SendMessage": [_arn("DeliveryQueue")],  # Prefer: respond-async
+        # Prefer: respond-async; and a sync send with no answer, parked ("held").
+        "sqs:SendMessage": [_arn("DeliveryQueue"), _arn("DeliveryDeadLetterQueue")],
         **{action: [_arn("IdempotencyTable")] for action in ITEM_ACTIONS},
         **{action: ["*"] for action in XRAY_ACTIONS},
     }
+
+
+def test_the_webhook_can_hold_an_unanswered_send_in_the_dead_letter_queue(
+    template: dict[str, Any], function: dict[str, Any]
+) -> None:
+    # A synchronous send that got no answer is parked ("held"), not left to a retry.
+    env = environment(template, function)
+    assert env["DEAD_LETTER_QUEUE_URL"] == {"Ref": "DeliveryDeadLetterQueue"}
+    assert env["DELIVERY_QUEUE_URL"] == {"Ref": "DeliveryQueue"}
 
 
 def test_delivery_role_grants_exactly_what_it_uses(resources: dict[str, Any]) -> None:

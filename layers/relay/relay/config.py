@@ -43,7 +43,9 @@ class Settings(NamedTuple):
     secrets_max_age: int = 300
     # Idempotency: how long a delivered message's key is remembered.
     idempotency_ttl: int = 14 * 24 * 3600  # the DLQ's retention: see template.yaml
-    # The SQS side. The webhook needs only the delivery queue (for Prefer: respond-async).
+    # The SQS side. The webhook queues to the delivery queue (Prefer: respond-async) and parks
+    # a synchronous send that got no answer in the dead-letter queue (without one configured,
+    # such a send is answered 504 and its key freed, as before).
     delivery_queue_url: str | None = None
     dead_letter_queue_url: str | None = None
     max_receive_count: int = 5

@@ -1,11 +1,13 @@
 """Send once: Powertools idempotency on DynamoDB, one key space for the HTTP and SQS entries.
 
-A record is kept only for work that succeeded (a delivery, an enqueue); any failure deletes it,
-so a caller or a redrive can try again. Keys are the caller's (``idempotency_key``, the
-``Idempotency-Key`` header, ``webhook-id``) or the relay's (``RelayId``, the SQS message id).
-An HTTP request keeps one record, whichever way it went: a delivery, or ``{"status": "queued"}``
-for a message the webhook queued, which the delivery function then sends under the key
-``{"relay_id": ...}``.
+A record is kept only for work that has an outcome (a delivery, an enqueue, a parking); any
+failure deletes it, so a caller or a redrive can try again. Keys are the caller's
+(``idempotency_key``, the ``Idempotency-Key`` header, ``webhook-id``) or the relay's
+(``RelayId``, the SQS message id). An HTTP request keeps one record, whichever way it went: a
+delivery; ``{"status": "queued"}`` for a message the webhook queued; or ``{"status": "held"}``
+for a synchronous send that got no answer, which the webhook parked in the dead-letter queue
+rather than let a retry send it again. The delivery function sends a queued message, or a held
+one an operator redrives, under the key ``{"relay_id": ...}`` (it carries ``QueuedBy``).
 
 Besides the records, the SQS path keeps a marker per idempotency key whose send ended without
 an answer (``mark_ambiguous``): the failure deleted the record, and the marker is what tells a
@@ -56,8 +58,13 @@ EarlierSend = Literal["delivered", "unfinished", "unreadable", "none"]
 DELIVER = "webhook-relay#deliver"
 REPLAYED = "replayed"
 QUEUED = "queued"  # the status of a record the webhook kept for a message it queued
-# The attribute the webhook sets on what it queues; kept through dead-lettering and redrives.
+# The status of a record the webhook kept for a message it parked after a synchronous send got
+# no answer: a repeat gets the same 504, and nothing is sent again.
+HELD = "held"
+# The attribute the webhook sets on what it queues or parks (``QUEUED_BY_WEBHOOK``); kept through
+# dead-lettering and redrives.
 QUEUED_BY = "QueuedBy"
+QUEUED_BY_WEBHOOK = "webhook"
 # Markers of ambiguous sends, ``webhook-relay#ambiguous#<relay id>``: a prefix no Powertools key
 # (``webhook-relay#deliver#<hash>``) can have, in the same table and under its TTL attribute.
 AMBIGUOUS = "webhook-relay#ambiguous"

@@ -20,12 +20,12 @@ from relay.errors import (
     ProviderUnavailable,
     RelayError,
 )
-from relay.idempotency import QUEUED_BY, REPLAYED, request_for
+from relay.idempotency import QUEUED_BY, QUEUED_BY_WEBHOOK, REPLAYED, request_for
 from relay.ids import queued_relay_id
 from relay.intake import load_json
 from relay.message import parse_message
 from relay.observability import logger, outcomes
-from relay.queues import POSSIBLY_DELIVERED
+from relay.queues import POSSIBLY_DELIVERED, park_reason
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from relay.delivery import Deliverer
     from relay.idempotency import Idempotency
     from relay.message import Defaults, Message
-    from relay.queues import Queues
+    from relay.queues import ParkedKind, Queues
 
 Outcome = Literal["delivered", "duplicate", "dead_lettered"]
 MAX_VISIBILITY = 12 * 3600  # SQS's ceiling
@@ -144,10 +144,12 @@ class QueueWorker:
             return self._park(queued, None, "invalid", None, _describe(message), relay_id)
         key = message.idempotency_key or queued.attribute("IdempotencyKey") or relay_id
         record_key: str | dict[str, str] = key
-        if queued.attribute(QUEUED_BY) == "webhook":
-            # The webhook kept the caller's key when it queued this message; its send is kept
-            # under the relay id, as an object so that no caller's key (a string) can be the
-            # same, and with this message's payload (its defaults may have changed since).
+        if queued.attribute(QUEUED_BY) == QUEUED_BY_WEBHOOK:
+            # The webhook kept the caller's key when it queued this message, or when it parked
+            # it after a synchronous send got no answer ("held": an operator's redrive brings
+            # it here); its send is kept under the relay id, as an object so that no caller's
+            # key (a string) can be the same, and with this message's payload (its defaults
+            # may have changed since).
             record_key = {"relay_id": relay_id}
         request = request_for(record_key, message)
         if queued.receive_count > self._settings.max_receive_count:
@@ -263,7 +265,7 @@ class QueueWorker:
         self,
         queued: QueuedMessage,
         message: Message | None,
-        kind: Literal["invalid", "permanent", "exhausted"],
+        kind: ParkedKind,
         status: int | None,
         detail: str,
         relay_id: str,
@@ -276,14 +278,7 @@ class QueueWorker:
         possibly_delivered = unfinished or self._possibly_delivered(
             queued, message, key, relay_id, error
         )
-        reason: dict[str, str | int | None] = {
-            "ErrorKind": kind,
-            "ErrorStatus": status,
-            "ErrorMessage": detail,
-            "RelayId": relay_id,
-            "IdempotencyKey": key,
-            POSSIBLY_DELIVERED: "true" if possibly_delivered else None,
-        }
+        reason = park_reason(kind, status, detail, relay_id, key, possibly_delivered)
         try:
             self._queues.dead_letter(queued.body, reason, queued.attributes)
         except Exception as failure:

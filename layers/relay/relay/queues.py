@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -21,9 +21,32 @@ if TYPE_CHECKING:
 MAX_ATTRIBUTES = 10  # SQS's limit per message
 MAX_ERROR_MESSAGE = 1024
 # "true" on a dead letter whose message may have reached the provider (an ambiguous send):
-# part of the reason, which the worker decides on each parking (honouring one a redriven
+# part of the reason, which is decided on each parking (the worker honours one a redriven
 # message came with), so a message's own is never copied over as is.
 POSSIBLY_DELIVERED = "PossiblyDelivered"
+# A dead letter's ErrorKind. The webhook parks a synchronous send that got no answer as
+# "exhausted" too: a retryable failure it gave up on (it never resends an unanswered send).
+ParkedKind = Literal["invalid", "permanent", "exhausted"]
+
+
+def park_reason(
+    kind: ParkedKind,
+    status: int | None,
+    detail: str,
+    relay_id: str,
+    key: str | None,
+    possibly_delivered: bool,
+) -> dict[str, str | int | None]:
+    """The reason a message is parked with (``Queues.dead_letter``), the same from both
+    functions: ErrorKind, ErrorStatus, ErrorMessage, and what a redrive is recognised by."""
+    return {
+        "ErrorKind": kind,
+        "ErrorStatus": status,
+        "ErrorMessage": detail,
+        "RelayId": relay_id,
+        "IdempotencyKey": key,
+        POSSIBLY_DELIVERED: "true" if possibly_delivered else None,
+    }
 
 
 class Queues:
@@ -60,7 +83,7 @@ class Queues:
             sent = self._sqs.send_message(
                 QueueUrl=self.delivery_url,
                 MessageBody=sqs_safe(body),
-                MessageAttributes={k: _string(v) for k, v in attributes.items()},
+                MessageAttributes={k: string_attribute(v) for k, v in attributes.items()},
             )
         except (BotoCoreError, ClientError):
             raise DependencyUnavailable("the delivery queue is unavailable; retry later") from None
@@ -71,13 +94,14 @@ class Queues:
         body: str,
         reason: Mapping[str, str | int | None],
         original: Mapping[str, MessageAttributeValueTypeDef],
-    ) -> None:
-        """Park a message with its reason: the body unchanged, the reason as attributes.
+    ) -> str:
+        """Park a message with its reason (``park_reason``): the body unchanged, the reason as
+        attributes; the dead letter's SQS message id.
 
-        The original attributes (RelayId, IdempotencyKey, a producer's own) come along so that
-        a redrive is recognised by idempotency; the reason's attributes (PossiblyDelivered
-        among them) take precedence when SQS's ten-attribute limit forces a choice. Raises if
-        the send fails.
+        The original attributes (RelayId, IdempotencyKey, QueuedBy, a producer's own) come
+        along so that a redrive is recognised by idempotency; the reason's attributes
+        (PossiblyDelivered among them) take precedence when SQS's ten-attribute limit forces a
+        choice. Raises if the send fails.
         """
         assert self.dead_letter_url is not None
         attributes: dict[str, MessageAttributeValueTypeDef] = {}
@@ -85,7 +109,7 @@ class Queues:
             if isinstance(given, int):
                 attributes[name] = {"DataType": "Number", "StringValue": str(given)}
             elif given:
-                attributes[name] = _string(given[:MAX_ERROR_MESSAGE])
+                attributes[name] = string_attribute(given[:MAX_ERROR_MESSAGE])
         for name, kept in original.items():
             # A redriven message's old reason is not this one's; a key the reason leaves
             # empty (an unparseable body has no key of its own) keeps the message's own.
@@ -93,9 +117,10 @@ class Queues:
                 continue
             if len(attributes) < MAX_ATTRIBUTES:
                 attributes[name] = kept
-        self._sqs.send_message(
+        sent = self._sqs.send_message(
             QueueUrl=self.dead_letter_url, MessageBody=body, MessageAttributes=attributes
         )
+        return sent["MessageId"]
 
     def delay(self, receipt_handle: str, seconds: int) -> None:
         """Make a received message visible again after ``seconds`` (the redelivery backoff)."""
@@ -118,5 +143,6 @@ def sqs_safe(text: str) -> str:
     return _SQS_REFUSES.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-def _string(value: str) -> Any:
+def string_attribute(value: str) -> MessageAttributeValueTypeDef:
+    """A String message attribute holding ``value`` (``sqs_safe``)."""
     return {"DataType": "String", "StringValue": sqs_safe(value)}
