@@ -61,14 +61,25 @@ test: ## lint, types, template, security scan and every test
 	$(MAKE) --no-print-directory -j2 --output-sync=target lint typecheck validate security
 	$(BIN)/pytest -n 2 --dist loadgroup  # two workers; the reliability tests share one
 
-reliability: $(STAMP) ## 2,000 messages under seeded faults; prints docs/reliability.md's table
-	$(BIN)/python -m tests.reliability.harness --messages 2000 --seed 7
-	$(BIN)/pytest -q -s tests/reliability/test_crash_recovery.py  # prints its counts
-	$(BIN)/pytest -q --hypothesis-seed=7 --hypothesis-show-statistics \
-		tests/property tests/e2e/test_schemathesis.py  # examples and answers per test
+# The figures docs/reliability.md and docs/hostile-input.md quote go to docs/runs/, named by the
+# commit measured: <short sha>, with -dirty when the code measured differs from it (each file's
+# "dirty" says the same). Expanded when a recipe line runs; docs/runs/ is not among the paths.
+RUN_ID = $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)$(shell \
+	git status --porcelain -- template.yaml layers functions local tests docs/openapi.yaml \
+	2>/dev/null | grep -q . && echo -dirty)
 
-soak: $(STAMP) ## the same with 50,000 messages (about 45-50 minutes)
-	$(BIN)/python -m tests.reliability.harness --messages 50000 --seed 7
+reliability: $(STAMP) ## 2,000 messages under faults, crash, hostile input: counts to docs/runs/
+	$(BIN)/python -m tests.reliability.harness --messages 2000 --seed 7 \
+		--json docs/runs/reliability-2000-seed7-$(RUN_ID).json
+	RELAY_CRASH_REPORT=docs/runs/crash-$(RUN_ID).json \
+		$(BIN)/pytest -q -s tests/reliability/test_crash_recovery.py  # prints its counts too
+	RELAY_HYPOTHESIS_REPORT=docs/runs/hostile-input-seed7-$(RUN_ID).json \
+		$(BIN)/pytest -q --hypothesis-seed=7 --hypothesis-show-statistics \
+		tests/property tests/e2e/test_schemathesis.py  # examples and events per test
+
+soak: $(STAMP) ## the same harness with 50,000 messages (about 45-50 minutes): docs/runs/
+	$(BIN)/python -m tests.reliability.harness --messages 50000 --seed 7 \
+		--json docs/runs/soak-50000-seed7-$(RUN_ID).json
 
 bench: $(BENCH_STAMP) ## benchmarks and chart for docs/performance.md (about 50 minutes)
 	BENCH_PYTHON= $(BIN)/python -m benchmarks.cold_start

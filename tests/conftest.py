@@ -6,6 +6,7 @@ import base64
 import copy
 import io
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,15 @@ TOKENS = {"lancepilot": "lp-test-token-1c2d", "fluents": "fl-test-token-9e8f"}
 WORKSPACE = "3f0c6a52-8a1e-4d5b-9c61-2b7e0f4d9a10"
 TOKENS_SECRET = "webhook-relay/provider-tokens"
 AUTH_SECRET = "webhook-relay/auth"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With ``RELAY_HYPOTHESIS_REPORT=<path>`` (``make reliability``), write each Hypothesis
+    test's counts there as JSON (tests/property/hypothesis_report.py); inert without it."""
+    if os.environ.get("RELAY_HYPOTHESIS_REPORT"):
+        from tests.property.hypothesis_report import register
+
+        register(config)
 
 
 def load_event(name: str) -> dict[str, Any]:

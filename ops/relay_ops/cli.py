@@ -15,13 +15,20 @@ import signal
 import sys
 import threading
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-from tqdm import tqdm
+# boto3 and botocore come with the `ops` extra (`pip install 'webhook-relay[ops]'`, which `make
+# setup` installs), not with the relay itself: without them `relay` says so and exits (main).
+_MISSING: str | None = None
+try:
+    from botocore.exceptions import BotoCoreError, ClientError
 
-from relay_ops import dlq, render
-from relay_ops.config import DLQ_ENV, QUEUE_ENV, ConfigError, Target, connect
+    from relay_ops import dlq, render
+    from relay_ops.config import DLQ_ENV, QUEUE_ENV, ConfigError, Target, connect
+except ModuleNotFoundError as missing:
+    _MISSING = (missing.name or "").partition(".")[0]
+    if _MISSING not in ("boto3", "botocore"):
+        raise
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -29,8 +36,12 @@ if TYPE_CHECKING:
 
 OK, FAILED, USAGE = 0, 1, 2
 INTERRUPTED = 130  # the shell's convention for Ctrl-C
+OPS_EXTRA = "pip install 'webhook-relay[ops]'"
 
-REDRIVE_HELP = f"""\
+
+def _redrive_help() -> str:
+    """``relay dlq redrive --help``'s description (read once dlq is imported: main)."""
+    return f"""\
 Move dead letters back to the delivery queue. Never loses one: each is sent before it is
 deleted, and a run that stops part way is resumed by running the same command again.
 
@@ -71,6 +82,13 @@ hidden for the current hold: the tool says so).
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``relay`` with ``argv`` (default: the process's arguments); the exit code."""
+    if _MISSING is not None:
+        print(
+            f"relay: {_MISSING} is not installed; the operator tool needs the ops extra: "
+            f"{OPS_EXTRA}",
+            file=sys.stderr,
+        )
+        return USAGE
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -164,7 +182,7 @@ def _move_task(
     if task is None:
         return None
     print(render.move_task(task), flush=True)
-    bar = tqdm(
+    bar = _progress_bar(
         total=None, unit="msg", desc="move task", file=sys.stderr, disable=not _bar_wanted(args)
     )
     last: dlq.MoveProgress | None = None
@@ -250,7 +268,7 @@ def _redrive_loop(
         f"killed, they reappear on the DLQ within {first} s (at most {longest} s once a long "
         "scan's hold has grown; --max-hold)"
     )
-    bar = tqdm(
+    bar = _progress_bar(
         total=total or None,
         unit="msg",
         desc="dry run" if args.dry_run else "redrive",
@@ -375,7 +393,38 @@ class _CtrlC:
 
 def _say(text: str) -> None:
     """A note for the operator on stderr, above the progress bar if there is one."""
+    try:
+        from tqdm import tqdm
+    except ModuleNotFoundError:  # no bar either (_progress_bar): a plain line
+        print(f"relay: {text}", file=sys.stderr)
+        return
     tqdm.write(f"relay: {text}", file=sys.stderr)
+
+
+def _progress_bar(**options: Any) -> Any:
+    """A tqdm progress bar (the `ops` extra brings tqdm); without tqdm, none: the tool works the
+    same, its notes and summary say what happened."""
+    try:
+        from tqdm import tqdm
+    except ModuleNotFoundError:
+        return _NoBar(options.get("total"))
+    return tqdm(**options)
+
+
+class _NoBar:
+    """What the commands use of a tqdm bar, showing nothing."""
+
+    def __init__(self, total: int | None = None) -> None:
+        self.total, self.n = total, 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _bar_wanted(args: argparse.Namespace) -> bool:
@@ -450,7 +499,7 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         allow_abbrev=False,
         help="move dead letters back to the delivery queue",
-        description=REDRIVE_HELP,
+        description=_redrive_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     redriving.add_argument("--all", action="store_true", help="every dead letter")

@@ -157,6 +157,7 @@ def test_without_credentials_every_request_is_401(relay_url, case):
 
     response = case.call_and_validate(base_url=relay_url, checks=CONFORMANCE)
 
+    event(f"status {response.status_code}")
     assert response.status_code == 401, response.text
     assert response.json()["message"].startswith("not authenticated")
     [challenge] = response.headers["www-authenticate"]
