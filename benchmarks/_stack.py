@@ -297,6 +297,8 @@ class BenchStack:
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
                 "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
                 "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
+                # Set by Lambda for every function; relay/__init__.py pauses the GC on it.
+                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
             }
         )
         # Lambda always sets these; without LAMBDA_TASK_ROOT the X-Ray SDK would build its

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from typing import TYPE_CHECKING, Any
 
+from relay import init_done
 from relay.batch import BatchRun, send_lanes
 from relay.observability import logger, metrics, outcomes, tracer
 from relay.queue_worker import QueuedMessage
@@ -50,3 +51,6 @@ def _queued(record: Mapping[str, Any]) -> QueuedMessage:
         attributes=attributes,
         receive_count=int((record.get("attributes") or {}).get("ApproximateReceiveCount") or 1),
     )
+
+
+init_done()  # last: the init is over (relay/__init__.py)

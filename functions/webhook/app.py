@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
 
+from relay import init_done
 from relay.errors import ProviderTimeout, RelayError
 from relay.intake import HttpRequest, prefers_async, read_message
 from relay.observability import logger, metrics, outcomes, tracer
@@ -133,3 +134,6 @@ def _json(
         "body": json.dumps(body),
         "isBase64Encoded": False,
     }
+
+
+init_done()  # last: the init is over (relay/__init__.py)
