@@ -22,18 +22,23 @@ another message), fails the run.
 At the end every message must be in exactly one state: delivered (one request kept under its
 relay id, or more only after a request under that id whose answer never came back),
 dead-lettered with a reason that matches the faults it met, or refused to its synchronous
-caller with the provider's refusal. A message parked or refused after an ambiguous send (the
-provider may have kept it) is counted apart, as possibly delivered. Duplicates are counted by
-entry point and by cause: a caller's retry after an ambiguous answer, or an SQS redelivery
-after an ambiguous send (``Report.duplicates_by``).
+caller with the provider's refusal. A synchronous send that goes unanswered is held: parked
+as ``exhausted`` (PossiblyDelivered, QueuedBy webhook, the RelayId and key its caller was
+given), its caller told 504 ``"status": "held"``, and never sent again; held without a dead
+letter, or sent again, fails the run. A message parked after an ambiguous send (the provider
+may have kept it) is counted apart, as possibly delivered. Duplicates are counted by entry
+point and by cause (``Report.duplicates_by``): an SQS redelivery after an ambiguous send; a
+synchronous caller's retry may cause none, as its unanswered send is held, not resent.
 
 The run then passes ``Report.problems`` (the one check ``test_volume.py`` and this command
 line share): no failure of any kind, exactly one end state per message, duplicates no more
 than the ambiguous sends and those no more than the requests left unanswered, every
-duplicate matched to a retry or a redelivery, and everything the seeded plan guarantees (each
-message's first planned fault met; the messages planned to be parked, refused or exhausted
-ended so); and, unless ``--allow-untried-paths`` (for small runs), every fault kind, entry
-point and way to the dead-letter queue met at least once. A problem exits non-zero.
+duplicate matched to a retry or a redelivery and none on the synchronous path, and
+everything the seeded plan guarantees (each message's first planned fault met; the messages
+planned to be parked, refused, exhausted or held ended so); and, unless
+``--allow-untried-paths`` (for small runs), every fault kind, entry point and way to the
+dead-letter queue (a held synchronous send among them) met at least once. A problem exits
+non-zero.
 
 The tables printed are the ones docs/reliability.md quotes; the raw counts go to a JSON file
 (``--json``, which ``make reliability`` and ``make soak`` give as
@@ -261,6 +266,11 @@ PLANNED_ATTEMPTS = 12  # an ordinary message's plan; later requests (if any) are
 # Requests the relay sees go unanswered: the ambiguous ones, and a reset before the request was
 # read, which the relay cannot tell from a reset after it, though the provider never has it.
 UNANSWERED = frozenset({"hang", "reset after read", "reset before read"})
+# A synchronous send that meets one of those is held (relay.service): parked as `exhausted` with
+# PossiblyDelivered and QueuedBy webhook, its caller told 504 "status": "held"; its dead letter's
+# ErrorMessage ends so (docs/sqs.md, "Held synchronous sends").
+HELD = "held"
+HELD_DETAIL = "a synchronous request, answered 504 and not resent"
 
 # Fast settings, so that thousands of messages and their faults fit in a minute or two.
 SPEED = {
@@ -350,9 +360,12 @@ def expectations(planned: list[Planned]) -> dict[str, int]:
 
     Every valid message's first request meets its first planned fault. So a first answer that
     is accepted delivers it once; a first refusal parks it as permanent (refused, when
-    synchronous); and a message planned to exhaust its receives is parked as exhausted, with
-    PossiblyDelivered if its plan holds an ambiguous fault (one among its first requests, so
-    met). Broken messages are checked exactly (parked as invalid, Report.problems).
+    synchronous); a synchronous message whose first request goes unanswered is held (parked as
+    exhausted; ambiguous unless it was a reset before the read, which the stand-ins do not
+    record; ``held:synchronous`` counts them all); and a message planned to exhaust its
+    receives is parked as exhausted, with PossiblyDelivered if its plan holds an ambiguous
+    fault (one among its first requests, so met). Broken messages are checked exactly (parked
+    as invalid, Report.problems).
     """
     least: Counter[str] = Counter()
     for item in planned:
@@ -363,6 +376,10 @@ def expectations(planned: list[Planned]) -> dict[str, int]:
         if item.exhausting:
             met = any(key in AMBIGUOUS for key, _ in item.attempts)
             least["state:ambiguous parked exhausted" if met else "state:parked exhausted"] += 1
+        elif item.entry == "http sync" and first in UNANSWERED:
+            least["held:synchronous"] += 1
+            maybe = "ambiguous " if CATALOGUE[first].effect == "ambiguous" else ""
+            least[f"state:{maybe}parked exhausted"] += 1
         elif CATALOGUE[first].effect == "accepted":
             least["state:delivered once"] += 1
         elif CATALOGUE[first].effect == "permanent":
@@ -383,18 +400,19 @@ STATES = {  # end state -> its row in docs/reliability.md's "what happened" tabl
     "parked invalid": "dead-lettered with its reason: `invalid` (broken producer messages)",
     "parked permanent": "dead-lettered with its reason: `permanent` (provider refused)",
     "parked exhausted": (
-        "dead-lettered with its reason: `exhausted` (retryable faults until the last receive)"
+        "dead-lettered with its reason: `exhausted` (retryable faults until the last receive; "
+        "or a synchronous send held after a reset before the request was read)"
     ),
     "ambiguous parked permanent": (
         "dead-lettered as `permanent` after an ambiguous send (possibly delivered)"
     ),
     "ambiguous parked exhausted": (
-        "dead-lettered as `exhausted` after an ambiguous send (possibly delivered)"
+        "dead-lettered as `exhausted` after an ambiguous send (possibly delivered; "
+        "a synchronous one held, its caller told 504 `held`)"
     ),
+    # Never after an ambiguous send: a synchronous send that goes unanswered is held, not sent
+    # again, so a refusal after one is a failure (judge).
     "refused": "refused to the synchronous caller with the provider's reason (502 after its 4xx)",
-    "ambiguous refused": (
-        "refused to the synchronous caller after an ambiguous send (possibly delivered)"
-    ),
 }
 FAILURES = {  # failure list -> its row; every one must be empty
     "lost": "**lost**",
@@ -416,6 +434,9 @@ FAILURES = {  # failure list -> its row; every one must be empty
 # Why a duplicate was sent: each copy beyond the first went out on a later occasion to send the
 # message (the relay ends a send at its first unanswered request and never resends within it).
 CAUSES = {
+    # Must stay 0: a synchronous send that goes unanswered is held, and its key answers every
+    # retry with the same 504 without a send (judge, Report.problems). A column of zeros, kept
+    # to show it.
     "caller retry": "a caller's retry (same key) after an ambiguous answer",
     "redelivery": "an SQS redelivery after an ambiguous send",
     # More copies than the caller's tries plus the queue's receives of the message: a resend
@@ -439,6 +460,7 @@ class Report:
     faults: Counter[str] = field(default_factory=Counter)  # catalogue key -> requests served
     states: Counter[str] = field(default_factory=Counter)  # STATES key -> messages
     dead_letter_kinds: Counter[str] = field(default_factory=Counter)
+    held: int = 0  # synchronous messages held: parked, their callers told 504 "held"
     ambiguous: int = 0  # messages with a request the provider may have kept, answer unseen
     ambiguous_sends: int = 0  # such requests, before the first 2xx of their relay id
     duplicates: int = 0  # requests beyond the first that the provider may have kept
@@ -460,7 +482,8 @@ class Report:
     ambiguous_by_entry: Counter[str] = field(default_factory=Counter)
     ambiguous_sends_by_entry: Counter[str] = field(default_factory=Counter)
     # What the seeded plan alone guarantees, as lower bounds (``expectations``): "fault:<key>"
-    # (requests served that fault) and "state:<STATES key>" (messages ending so).
+    # (requests served that fault), "state:<STATES key>" (messages ending so) and
+    # "held:synchronous" (synchronous messages held).
     expected: dict[str, int] = field(default_factory=dict)
 
     def failures(self) -> dict[str, list[str]]:
@@ -480,10 +503,12 @@ class Report:
         Always: no failure of any kind (FAILURES); every message in exactly one end state;
         the broken ones, and only they, parked as invalid; duplicates <= ambiguous sends <=
         requests left unanswered, which are exactly the hangs and resets after the read the
-        stand-ins served; every duplicate matched to a caller's retry or an SQS redelivery;
-        and what the plan guarantees (``expected``). With ``every_path``: every fault kind,
-        entry point and way to the dead-letter queue was met at least once (a run too small
-        for its plan to hold them all fails this; ``--allow-untried-paths``).
+        stand-ins served; every duplicate matched to a caller's retry or an SQS redelivery,
+        and none of a synchronous message (an unanswered synchronous send is held, never sent
+        again); and what the plan guarantees (``expected``). With ``every_path``: every fault
+        kind, entry point and way to the dead-letter queue (a held synchronous send among
+        them) was met at least once (a run too small for its plan to hold them all fails
+        this; ``--allow-untried-paths``).
         """
         found = [
             f"{FAILURES[name].strip('*')}: {len(items)} (e.g. {items[:3]})"
@@ -523,9 +548,15 @@ class Report:
             f"{causes['unattributed']} duplicates neither on a caller's retry nor on a "
             "redelivery (a resend within one invocation)",
         )
+        synchronous = dict(+self.duplicates_by.get("http sync", Counter()))
+        need(
+            not synchronous,
+            f"duplicates of synchronous messages {synchronous}: an unanswered synchronous send "
+            "is held, never sent again",
+        )
         for key, least in sorted(self.expected.items()):
             kind, name = key.split(":", 1)
-            got = self.faults[name] if kind == "fault" else self.states[name]
+            got = {"fault": self.faults[name], "state": self.states[name], "held": self.held}[kind]
             need(got >= least, f"the plan guarantees at least {least} {key}, got {got}")
         if every_path:
             untried = [key for key in CATALOGUE if not self.faults[key]]
@@ -534,6 +565,7 @@ class Report:
             need(self.broken > 0, "no broken message (the path to `invalid` untried)")
             need(self.exhausting > 0, "no message planned to exhaust its receives")
             need(self.unanswered > 0, "no request went unanswered (no ambiguous send)")
+            need(self.held > 0, "no synchronous message held (the path to a held 504 untried)")
             for state in (
                 "parked permanent",
                 "parked exhausted",
@@ -561,6 +593,14 @@ class Report:
             f" ({100 * self.duplicates / self.messages:.1f} % of messages)" if self.messages else ""
         )
         happened = [(label, _n(self.states[key])) for key, label in STATES.items()]
+        happened.insert(
+            list(STATES).index("ambiguous parked exhausted") + 1,
+            (
+                "of the `exhausted` dead letters, synchronous sends held (their callers told "
+                '504 `"status": "held"`, never sent again)',
+                _n(self.held),
+            ),
+        )
         failures = self.failures()
         happened += [
             (FAILURES[name], f"**{_n(len(failures[name]))}**")
@@ -653,6 +693,7 @@ class Report:
             "states": {key: self.states[key] for key in STATES},
             "state_labels": STATES,
             "dead_letter_kinds": dict(self.dead_letter_kinds),
+            "held_synchronous": self.held,
             "ambiguous_messages": self.ambiguous,
             "ambiguous_sends": self.ambiguous_sends,
             "duplicates": self.duplicates,
@@ -924,6 +965,10 @@ def _send(
 ) -> tuple[dict[str, Answer], dict[str, list[str]]]:
     """Send every message; return the webhook's final answers and the relay ids given out.
 
+    A synchronous caller retries 503, 504 and 409 with the same key until it gets a final
+    answer; a 504 with ``"status": "held"`` is final (the message is parked, and the key
+    answers every repeat with the same 504, sending nothing).
+
     Relay ids, by tag: each id in any of the webhook's answers to the message (the caller's
     retries included: one id, or the caller was told two); for a producer's message, its SQS
     message id, which the delivery function takes as its relay id when the message has no
@@ -961,10 +1006,12 @@ def _send(
         if item.entry == "http async":
             headers["Prefer"] = "respond-async"
             backlog.wait_for_room()
-        # A well-behaved client: the same key again after 503, 504 or 409, until final. A 409
-        # can last until the invocation holding the key ends (up to the function's timeout: a
-        # DynamoDB write whose answer was lost, then retried by botocore, finds its own record
-        # in progress), so 409s are waited out for longer and do not use up the tries.
+        # A well-behaved client: the same key again after 503, 504 or 409, until final; a 504
+        # "held" is final (the message is parked for an operator; a repeat would only get the
+        # same 504 back). A 409 can last until the invocation holding the key ends (up to the
+        # function's timeout: a DynamoDB write whose answer was lost, then retried by botocore,
+        # finds its own record in progress), so 409s are waited out for longer and do not use
+        # up the tries.
         statuses: list[int] = []
         attempt, in_progress_until = 0, time.monotonic() + IN_PROGRESS_PATIENCE_S
         while True:
@@ -983,7 +1030,8 @@ def _send(
             if isinstance(relay_id, str):
                 with lock:
                     given[item.tag].append(relay_id)
-            if answer.status not in (409, 503, 504):
+            held = isinstance(parsed, dict) and parsed.get("status") == HELD
+            if (answer.status == 504 and held) or answer.status not in (409, 503, 504):
                 break
             if answer.status == 409 and time.monotonic() < in_progress_until:
                 time.sleep(0.5)
@@ -1063,9 +1111,15 @@ def judge(item: Planned, trace: Trace) -> Verdict:
       follows an unanswered request (an ambiguous send) under the same relay id;
     - dead-lettered: exactly one dead letter, no 2xx, and a reason (ErrorKind, ErrorMessage,
       ErrorStatus where the provider answered with a status) that matches the faults met;
-    - refused: a synchronous caller's final 502 after the provider's 4xx (or a final 5xx after
-      an ambiguous send); never after a 2xx arrived;
-    - parked or refused after an ambiguous send: possibly delivered, counted apart;
+    - held (synchronous): a send that went unanswered (a hang, or a reset before or after the
+      read: the relay cannot tell those apart) is parked as exhausted, PossiblyDelivered,
+      QueuedBy webhook, under the RelayId and key its caller was given, and its caller told 504
+      ``"status": "held"``; it is never sent again, so a synchronous message has no request
+      after an unanswered one (no duplicate), and one with an unanswered request but no dead
+      letter is lost, whatever its caller was told;
+    - refused: a synchronous caller's final 502 after the provider's 4xx, with no unanswered
+      send before it (that would have been held); never after a 2xx arrived;
+    - parked after an ambiguous send: possibly delivered, counted apart;
     - anything else (including a caller left with 503, 504 or 409 without cause) is lost.
     """
     tag, answers = item.tag, trace.answers
@@ -1075,8 +1129,23 @@ def judge(item: Planned, trace: Trace) -> Verdict:
     ambiguous = any(a is None for a in before_ok)
     kept = [a for a in answers if a is None or _accepted(a)]
     duplicates = max(0, len(kept) - 1)
+    # A synchronous send whose request went unanswered (to the relay: a reset before the read
+    # too, which it cannot tell from one after) is held, and its key answers every retry with
+    # the same 504 without a send: any request after such a one is a resend, a duplicate the
+    # relay could not rule out. (Only if the parking fails does the caller's retry send again,
+    # and the harness makes no SQS call fail.)
+    unanswered = item.entry == "http sync" and any(key in UNANSWERED for key in trace.served)
+    resent = unanswered and any(key in UNANSWERED for key in trace.served[:-1])
     if first_ok is not None and any(a is None or _accepted(a) for a in answers[first_ok + 1 :]):
         failures.append(("unexplained_duplicates", f"{tag}: sent again after its 2xx: {answers}"))
+    elif item.entry == "http sync" and (duplicates or resent):
+        failures.append(
+            (
+                "unexplained_duplicates",
+                f"{tag}: synchronous, sent again after an unanswered request, not held: "
+                f"met {trace.served}, answers {answers}",
+            )
+        )
     caller = trace.caller
     where = (
         f"{tag} ({item.entry}, {item.provider}, relay id {trace.relay_id}; "
@@ -1094,8 +1163,6 @@ def judge(item: Planned, trace: Trace) -> Verdict:
         failures.append(("wrong_answers", f"{where}: an SQS message has a webhook answer"))
 
     if trace.parked:
-        if item.entry == "http sync":
-            failures.append(("bad_dead_letters", f"{where}: a synchronous message was parked"))
         if len(trace.parked) > 1:
             reasons = [
                 {k: v for k, v in letter.items() if k.startswith("Error")}
@@ -1111,10 +1178,16 @@ def judge(item: Planned, trace: Trace) -> Verdict:
                 ("failed_though_accepted", f"{where}: parked as {kind} after the provider's 2xx")
             )
             return verdict(None)
+        if item.entry == "http sync" and not _held(item, caller):
+            # Parked only when held: its caller must have been told so, in the final answer.
+            failures.append(("wrong_answers", f"{where}: parked, but the caller got {caller}"))
         problems = _reason_problems(item, trace, letter, ambiguous)
         failures += [("bad_dead_letters", f"{where}: {problem}") for problem in problems]
         if problems or len(trace.parked) > 1:
             return verdict(None)
+        # A synchronous one held after a reset before the read (not recorded, so not counted
+        # as ambiguous) is `parked exhausted`; after a hang or a reset after the read,
+        # `ambiguous parked exhausted`.
         return verdict(f"ambiguous parked {kind}" if ambiguous else f"parked {kind}")
 
     if item.broken:
@@ -1134,6 +1207,21 @@ def judge(item: Planned, trace: Trace) -> Verdict:
             )
             return verdict(None)
         body = caller.body if isinstance(caller.body, dict) else {}
+        if ambiguous or unanswered or _held(item, caller):
+            # A send that went unanswered is held: parked, and answered 504 "held" from then on,
+            # so nothing after it can end in a 503, a 502 or a plain 504. (The relay retries
+            # within a send only what was not taken, never after an unanswered request:
+            # relay.transport, read=False.) Without the dead letter, nothing tells an operator
+            # that the provider may have it: lost, whatever the caller was told. (A plain 504
+            # would mean the parking failed, which the harness never causes.)
+            failures.append(
+                (
+                    "lost",
+                    f"{where}: an unanswered send, but no dead letter; the caller got "
+                    f"{caller.status} {body}, {caller.statuses}",
+                )
+            )
+            return verdict(None)
         refused = (
             caller.status == 502
             and bool(answers)
@@ -1141,9 +1229,7 @@ def judge(item: Planned, trace: Trace) -> Verdict:
             and body.get("provider_status") == answers[-1]
         )
         if refused:
-            return verdict("ambiguous refused" if ambiguous else "refused")
-        if ambiguous and caller.status in (503, 504):
-            return verdict("ambiguous refused")  # the caller gave up; the outcome is unknown
+            return verdict("refused")
         failures.append(
             ("lost", f"{where}: the caller was left with {caller.status} {body}, {caller.statuses}")
         )
@@ -1165,6 +1251,19 @@ def judge(item: Planned, trace: Trace) -> Verdict:
         failures.append(("wrong_answers", f"{where}: the caller was told 201, no 2xx was sent"))
     failures.append(("lost", f"{where}: no 2xx, no dead letter, caller {caller}"))
     return verdict(None)
+
+
+def _held(item: Planned, caller: Answer | None) -> bool:
+    """Whether the webhook's final answer said the message was held: 504, ``"status": "held"``,
+    the provider's name and the message's relay id (``id``)."""
+    body = caller.body if caller is not None and isinstance(caller.body, dict) else {}
+    return (
+        caller is not None
+        and caller.status == 504
+        and body.get("status") == HELD
+        and body.get("provider") == item.provider
+        and isinstance(body.get("id"), str)
+    )
 
 
 def _json_object(item: Planned, trace: Trace, answer: int) -> bool:
@@ -1190,6 +1289,9 @@ def _reason_problems(
     ``ambiguous``: the provider kept a request of the message without answering, so it may
     have it, and a dead letter for it must say so (PossiblyDelivered) unless it is invalid.
     One that says so must have met a request the relay saw go unanswered (``UNANSWERED``).
+    What the webhook queued or held carries the RelayId and IdempotencyKey its caller was
+    given; a held synchronous send is `exhausted`, PossiblyDelivered, QueuedBy webhook, its
+    last request unanswered, and its ErrorMessage says so (``HELD_DETAIL``).
     """
     kind, detail, status = (letter.get(k) for k in ("ErrorKind", "ErrorMessage", "ErrorStatus"))
     if kind is None:
@@ -1201,14 +1303,28 @@ def _reason_problems(
     relay_id = letter.get("RelayId")
     if not relay_id:
         problems.append(f"{kind} dead letter without RelayId")
-    if item.entry == "http async":  # the ids the webhook gave it: a redrive must recognise it
+    if item.entry in ("http async", "http sync"):
+        # The ids the webhook gave it (in its 202, or its 504 "held"): a redrive must
+        # recognise it, and an operator find it by the id its caller holds.
         given = trace.caller.body if trace.caller and isinstance(trace.caller.body, dict) else {}
         if relay_id != given.get("id") or letter.get("IdempotencyKey") != item.tag:
+            done = "queued" if item.entry == "http async" else "held"
             problems.append(
                 f"RelayId {relay_id} / IdempotencyKey {letter.get('IdempotencyKey')}, but the "
-                f"webhook queued it as {given.get('id')} with the key {item.tag}"
+                f"webhook {done} it as {given.get('id')} with the key {item.tag}"
             )
     answers, served = trace.answers, trace.served
+    if item.entry == "http sync":  # held: the one way a synchronous message is parked
+        queued_by, possibly = letter.get("QueuedBy"), letter.get("PossiblyDelivered")
+        if (kind, queued_by, possibly) != ("exhausted", "webhook", "true"):
+            problems.append(
+                f"held as {kind}, QueuedBy {queued_by}, PossiblyDelivered {possibly}: a held "
+                "synchronous send is exhausted, QueuedBy webhook, PossiblyDelivered true"
+            )
+        if not served or served[-1] not in UNANSWERED:
+            problems.append(f"held, but its last request ({served[-1:]}) was answered")
+        if detail and not detail.endswith(HELD_DETAIL):
+            problems.append(f"held, but its ErrorMessage does not end {HELD_DETAIL!r}: {detail!r}")
     if kind == "invalid":
         if not item.broken:
             problems.append("parked as invalid, but the message was valid")
@@ -1284,6 +1400,7 @@ def _account(
             report.states[verdict.state] += 1
             if "parked" in verdict.state:
                 report.dead_letter_kinds[verdict.state.rsplit(" ", 1)[1]] += 1
+                report.held += item.entry == "http sync"
         report.ambiguous += verdict.ambiguous
         report.ambiguous_sends += verdict.ambiguous_sends
         report.duplicates += verdict.duplicates
@@ -1309,7 +1426,9 @@ def duplicate_causes(
     nothing sent), and each receive of the message from the delivery queue (the webhook sends
     nothing of what it queues). Copies beyond the first go first to the caller's retries, then
     to the queue's receives beyond the first occasion; what neither accounts for is
-    unattributed (Report.problems requires none).
+    unattributed (Report.problems requires none). A synchronous message has no copy beyond the
+    first since its unanswered send is held (judge), so no caller's retry is a cause any more;
+    the attribution is kept for a run that breaks that.
     """
     causes: Counter[str] = Counter()
     tried = 0

@@ -1,7 +1,8 @@
 """Thousands of messages through both entry points under seeded provider faults: none lost,
 every one delivered once (counted at the stand-ins by relay id) or parked with the reason its
-faults call for, duplicates (and parked or refused messages that may have been delivered) only
-after ambiguous sends under the same relay id."""
+faults call for, duplicates (and parked messages that may have been delivered) only after
+ambiguous sends under the same relay id, and none of a synchronous message: its unanswered send
+is held (parked, its caller told 504 "held"), never sent again."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from tests.reliability.harness import (
     AMBIGUOUS,
     CATALOGUE,
     ENTRIES,
+    HELD_DETAIL,
+    UNANSWERED,
     Answer,
     Planned,
     Report,
@@ -101,12 +104,13 @@ def _passing_report(messages=10):
             "refused": 1,
         }
     )
+    report.held = 1  # the synchronous message parked as `ambiguous parked exhausted`
     report.unanswered = report.faults["hang"] + report.faults["reset after read"]
     report.ambiguous = report.ambiguous_sends = 2
     report.duplicates = 2
     report.duplicates_by["sqs"]["redelivery"] = 1
-    report.duplicates_by["http sync"]["caller retry"] = 1
-    report.expected = {"fault:ok": 1, "state:refused": 1}
+    report.duplicates_by["http async"]["redelivery"] = 1
+    report.expected = {"fault:ok": 1, "state:refused": 1, "held:synchronous": 1}
     return report
 
 
@@ -131,7 +135,17 @@ def test_the_shared_check_passes_a_good_report_and_names_each_problem():
     assert problems(lambda r: setattr(r, "unanswered", 1))  # fewer than the ambiguous sends
     assert problems(lambda r: r.faults.update({"hang": 1}))  # unanswered != hangs + resets
     assert problems(lambda r: r.duplicates_by["sqs"].update({"unattributed": 1}))
+
+    # A synchronous message sent again: its unanswered send should have been held.
+    def resent_on_a_retry(report):
+        report.duplicates_by["http async"]["redelivery"] -= 1
+        report.duplicates_by["http sync"]["caller retry"] += 1
+
+    resent = problems(resent_on_a_retry)
+    assert len(resent) == 1
+    assert "duplicates of synchronous messages {'caller retry': 1}" in resent[0]
     assert problems(lambda r: r.expected.update({"state:refused": 2}))  # the plan promised 2
+    assert problems(lambda r: r.expected.update({"held:synchronous": 2}))
     assert problems(lambda r: _move(r.states, "parked invalid", "delivered once"))
     # Coverage: every fault kind, entry point and way to the dead-letter queue, unless a small
     # run's plan cannot hold them all.
@@ -139,6 +153,7 @@ def test_the_shared_check_passes_a_good_report_and_names_each_problem():
         lambda r: r.faults.pop("429 date"),
         lambda r: _move(r.states, "ambiguous parked exhausted", "delivered once"),
         lambda r: _move(r.entry, "sqs", "http async", 4) or r.entry.pop("sqs"),
+        lambda r: setattr(r, "held", 0) or r.expected.pop("held:synchronous"),
     ]
     for change in untried:
         assert problems(change) != []
@@ -152,7 +167,15 @@ def test_what_the_plan_guarantees():
     valid = [item for item in planned if not item.broken]
     assert sum(v for k, v in least.items() if k.startswith("fault:")) == len(valid)
     exhausting = sum(item.exhausting for item in planned)
-    assert least["state:parked exhausted"] + least["state:ambiguous parked exhausted"] == exhausting
+    # A synchronous message whose first request goes unanswered is held (parked as exhausted).
+    held = [i for i in planned if i.entry == "http sync" and i.attempts[0][0] in UNANSWERED]
+    assert least["held:synchronous"] == len(held) > 0
+    assert least["state:parked exhausted"] + least["state:ambiguous parked exhausted"] == (
+        exhausting + len(held)
+    )
+    assert least["state:ambiguous parked exhausted"] >= sum(
+        i.attempts[0][0] in AMBIGUOUS for i in held
+    )
     assert least["state:refused"] > 0
     assert least["state:parked permanent"] > 0
     assert {key.split(":", 1)[1] for key in least if key.startswith("fault:")} == set(CATALOGUE)
@@ -273,18 +296,10 @@ def test_a_dead_letter_must_carry_the_reason_its_faults_call_for():
     assert problems(_item("http async"), Trace([422], ["4xx"], [other], queued)) != []
 
 
-def test_parked_or_refused_after_an_ambiguous_send_is_counted_apart():
+def test_parked_after_an_ambiguous_send_is_counted_apart():
     letter = {**_letter("permanent", 422), "PossiblyDelivered": "true"}
     parked = judge(_item(), Trace([None, 422], ["hang", "4xx"], [letter]))
     unflagged = judge(_item(), Trace([None, 422], ["hang", "4xx"], [_letter("permanent", 422)]))
-    refused = judge(
-        _item("http sync"),
-        Trace(
-            [None, 400],
-            ["reset after read", "4xx"],
-            caller=Answer(502, {"provider_status": 400}, 2),
-        ),
-    )
     clean = judge(
         _item("http sync"), Trace([400], ["4xx"], caller=Answer(502, {"provider_status": 400}, 1))
     )
@@ -292,8 +307,126 @@ def test_parked_or_refused_after_an_ambiguous_send_is_counted_apart():
     assert (parked.state, parked.failures) == ("ambiguous parked permanent", ())
     # Parked without saying it may have been delivered: a redrive would send it again unwarned.
     assert [name for name, _ in unflagged.failures] == ["bad_dead_letters"]
-    assert (refused.state, refused.failures) == ("ambiguous refused", ())
     assert (clean.state, clean.failures) == ("refused", ())
+
+
+# --- held synchronous sends ----------------------------------------------------------------------
+
+
+def _held_answer(relay_id="r", provider="lancepilot"):
+    body = {"message": "no answer", "provider": provider, "id": relay_id, "status": "held"}
+    return Answer(504, body, 1, (504,))
+
+
+def _held_letter(**changes):
+    letter = {
+        "ErrorKind": "exhausted",
+        "ErrorMessage": f"lancepilot gave no answer in time; {HELD_DETAIL}",
+        "RelayId": "r",
+        "IdempotencyKey": "rel-0000000",
+        "PossiblyDelivered": "true",
+        "QueuedBy": "webhook",
+        **changes,
+    }
+    return {name: value for name, value in letter.items() if value is not None}
+
+
+def _held(answers=(503, None), served=("503", "hang"), letters=None, caller=None):
+    letters = [_held_letter()] if letters is None else letters
+    trace = Trace(list(answers), list(served), letters, caller or _held_answer())
+    return judge(_item("http sync"), trace)
+
+
+def test_a_synchronous_send_without_an_answer_is_held():
+    held = _held()
+    # A reset before the read is not recorded: held, but not counted as an ambiguous send.
+    reset = _held(answers=(), served=("reset before read",))
+
+    assert (held.state, held.failures, held.duplicates) == ("ambiguous parked exhausted", (), 0)
+    assert (held.ambiguous, held.ambiguous_sends) == (True, 1)
+    assert (reset.state, reset.failures, reset.ambiguous) == ("parked exhausted", (), False)
+
+
+def test_a_held_send_must_be_parked_as_held_and_its_caller_told_so():
+    def failures(**given):
+        return [name for name, _ in _held(**given).failures]
+
+    assert failures() == []
+    for change in (
+        {"RelayId": "another"},  # not the id in the caller's 504
+        {"IdempotencyKey": None},
+        {"ErrorKind": "permanent"},
+        {"QueuedBy": None},
+        {"PossiblyDelivered": None},
+        {"ErrorStatus": "503"},  # the last request got no status
+        {"ErrorMessage": "lancepilot gave no answer in time"},
+    ):
+        assert set(failures(letters=[_held_letter(**change)])) == {"bad_dead_letters"}, change
+    # Its last request was answered: it was held after something other than an unanswered send.
+    assert "bad_dead_letters" in failures(answers=(None, 503), served=("hang", "503"))
+    assert set(failures(letters=[_held_letter(), _held_letter()])) == {"bad_dead_letters"}
+    for caller in (
+        Answer(504, {"message": "no answer", "provider": "lancepilot", "id": "r"}, 10),
+        Answer(503, {"id": "r"}, 10),
+        _held_answer(provider="fluents"),
+    ):
+        assert failures(caller=caller) == ["wrong_answers"], caller
+
+
+def test_a_synchronous_send_without_an_answer_but_no_dead_letter_is_lost():
+    lost, resent = ["lost"], ["unexplained_duplicates", "lost"]
+    # As if the parking failed (which the harness never causes): a 504 without "status":
+    # "held", and the caller's retries sending it again (a resend, too) or giving up.
+    for answers, served, caller, failures in (
+        ([None], ["hang"], Answer(504, {"id": "r"}, 10), lost),
+        ([None], ["hang"], _held_answer(), lost),  # told held, but nothing parked
+        ([], ["reset before read"], _held_answer(), lost),
+        ([None, 503, 503], ["hang", "503", "503"], Answer(503, {}, 10), resent),
+        (
+            [None, 400],
+            ["reset after read", "4xx"],
+            Answer(502, {"provider_status": 400}, 2),
+            resent,
+        ),
+        # Unanswered to the relay, though never read: it cannot tell, so it must hold it.
+        ([400], ["reset before read", "4xx"], Answer(502, {"provider_status": 400}, 2), resent),
+    ):
+        verdict = judge(_item("http sync"), Trace(answers, served, caller=caller))
+        assert verdict.state is None
+        assert [name for name, _ in verdict.failures] == failures, (served, caller)
+
+
+def test_a_synchronous_message_sent_again_after_an_unanswered_send_is_an_unexplained_duplicate():
+    told = Answer(201, {"provider_status": 201}, 2, (504, 201))
+    item = _item("http sync", provider="fluents")  # whose 201 has no body to pass on
+    verdict = judge(item, Trace([None, 201], ["hang", "ok"], caller=told))
+    queued = judge(_item(), Trace([None, 201], ["hang", "ok"]))
+
+    assert verdict.state == "delivered again"
+    assert [name for name, _ in verdict.failures] == ["unexplained_duplicates"]
+    assert queued.failures == ()  # an SQS redelivery may send again: at least once
+    # After a reset before the read the provider has no copy, but the relay could not know:
+    # sending again instead of holding is a resend all the same.
+    reset = judge(item, Trace([201], ["reset before read", "ok"], caller=told))
+    assert [name for name, _ in reset.failures] == ["unexplained_duplicates"]
+    assert (reset.state, reset.duplicates) == ("delivered once", 0)
+
+
+def test_the_plan_guarantees_a_synchronous_message_whose_first_request_goes_unanswered_is_held():
+    def sync(first):
+        return Planned(0, "rel-0000000", "http sync", "fluents", {}, False, False, ((first, 0),))
+
+    assert expectations([sync("hang")]) == {
+        "fault:hang": 1,
+        "held:synchronous": 1,
+        "state:ambiguous parked exhausted": 1,
+    }
+    assert expectations([sync("reset before read")]) == {
+        "fault:reset before read": 1,
+        "held:synchronous": 1,
+        "state:parked exhausted": 1,
+    }
+    assert "held:synchronous" not in expectations([sync("503")])
 
 
 def _dead_letter_problems(item, trace):
