@@ -65,7 +65,8 @@ test: ## lint, types, template, security scan and every test
 # commit measured: <short sha>, with -dirty when the code measured differs from it (each file's
 # "dirty" says the same). Expanded when a recipe line runs; docs/runs/ is not among the paths.
 RUN_ID = $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)$(shell \
-	git status --porcelain -- template.yaml layers functions local tests docs/openapi.yaml \
+	git status --porcelain -- template.yaml layers functions local ops tests docs/openapi.yaml \
+	pyproject.toml Makefile \
 	2>/dev/null | grep -q . && echo -dirty)
 
 reliability: $(STAMP) ## 2,000 messages under faults, crash, hostile input: counts to docs/runs/

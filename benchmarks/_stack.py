@@ -286,9 +286,9 @@ class BenchStack:
         Globals, the function's own, the runtime's, and the X-Ray wiring when tracing."""
         name = function.removesuffix("-floor")
         env = {**self.aws_env, **self.env}
+        assert self.resources is not None
+        env["DEAD_LETTER_QUEUE_URL"] = self.resources.dlq_url  # template Globals: both functions
         if name == "delivery":
-            assert self.resources is not None
-            env["DEAD_LETTER_QUEUE_URL"] = self.resources.dlq_url
             env["MAX_RECEIVE_COUNT"] = str(self.resources.max_receive_count)
             env["PROVIDER_CONCURRENCY"] = "10"
         env.update(

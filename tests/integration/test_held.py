@@ -316,3 +316,23 @@ def test_a_held_message_redriven_is_sent_once_under_its_relay_id(
     assert len(lancepilot.received) == 2
     assert dead_letters(aws) == []
     assert aws.sqs.receive_message(QueueUrl=aws.queue_url).get("Messages", []) == []
+
+
+def test_a_held_message_redriven_after_its_caller_had_it_delivered_is_not_sent_again(
+    webhook, delivery, aws, lancepilot, capsys
+):
+    lancepilot.enqueue(Fault.hang(1.5))
+    body = lancepilot_message(idempotency_key="order-held-then-retried")
+    assert webhook.post(body, headers=bearer()).json["status"] == "held"
+    # As when the parking's SendMessage timed out though SQS had the letter: the webhook then
+    # answered a plain 504 and freed the key, and the caller's retry was delivered.
+    for item in aws.dynamodb.scan(TableName=aws.table)["Items"]:
+        aws.dynamodb.delete_item(TableName=aws.table, Key={"id": item["id"]})
+    assert webhook.post(body, headers=bearer()).status == 201
+
+    assert "moved 1" in redrive(aws, capsys)
+    delivery.poll_once()
+
+    assert [r.answered for r in lancepilot.received] == [None, 201]  # not a third time
+    assert dead_letters(aws) == []
+    assert aws.sqs.receive_message(QueueUrl=aws.queue_url).get("Messages", []) == []

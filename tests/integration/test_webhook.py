@@ -10,6 +10,7 @@ import pytest
 
 from relay.auth import sign
 from relay.ids import is_uuid
+from relay.runtime import AFTER_SEND_SECONDS
 from relay_local.lambda_runtime import LambdaContext, load_function
 from relay_local.sandbox import Fault
 from tests.conftest import (
@@ -583,12 +584,16 @@ def test_non_json_success_body_is_still_delivered(webhook, lancepilot):
 def test_every_answer_comes_within_the_lambdas_remaining_time(webhook, lancepilot):
     lancepilot.set_default(Fault.status(503, retry_after="1"))
 
+    # 3 s to send: what is left of the Lambda's time once AFTER_SEND_SECONDS is kept back.
     started = time.monotonic()
     answer = webhook.post(
-        lancepilot_message(), headers=bearer(), context=LambdaContext(timeout_s=3.0)
+        lancepilot_message(),
+        headers=bearer(),
+        context=LambdaContext(timeout_s=AFTER_SEND_SECONDS + 3.0),
     )
 
     assert answer.status == 503
+    assert len(lancepilot.received) >= 2  # retried after the Retry-After, while time was left
     assert time.monotonic() - started < 3.0
 
 

@@ -90,7 +90,16 @@ REPORT_ENV = "RELIABILITY_REPORT_JSON"
 # What a run measured, for its report's commit and dirty flag: the code the stack runs (the
 # layer, the functions, the local stack, the template its resources and settings come from) and
 # the tests that drive and judge it.
-CODE_PATHS = ("template.yaml", "layers", "functions", "local", "tests")
+CODE_PATHS = (
+    "template.yaml",
+    "layers",
+    "functions",
+    "local",
+    "ops",
+    "tests",
+    "pyproject.toml",
+    "Makefile",
+)
 
 # --- the fault catalogue ------------------------------------------------------------------------
 

@@ -225,6 +225,27 @@ class Idempotency:
             return "none"
         return "delivered" if status == STATUS_CONSTANTS["COMPLETED"] else "unfinished"
 
+    def kept_delivery(self, request: dict[str, Any], relay_id: str) -> bool:
+        """Whether the record kept for ``request`` (``request_for``) is a delivery: COMPLETED,
+        and neither a queued nor a held message (``relay_id`` is for the log).
+
+        False when there is none, when it is another message's, and when it cannot be read.
+        """
+        try:
+            record = self._store.get_record(request)
+        except (IdempotencyItemNotFoundError, IdempotencyValidationError):
+            return False
+        except Exception as error:
+            logger.warning(
+                "could not read the idempotency record of a redriven message",
+                extra={"relay_id": relay_id, "error": type(error).__name__},
+            )
+            return False
+        if record is None or record.status != STATUS_CONSTANTS["COMPLETED"]:
+            return False
+        kept = record.response_json_as_dict() or {}
+        return kept.get("status") not in (QUEUED, HELD)
+
 
 def _marker_key(key: str) -> str:
     return f"{AMBIGUOUS}#{key}"

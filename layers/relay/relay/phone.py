@@ -98,14 +98,18 @@ class _AlternateFormatsDeferred:
         def load(name: str) -> object:
             if name != "_ALT_NUMBER_FORMATS" and not name.startswith("PHONE_ALT_FORMAT_"):
                 raise AttributeError(f"module 'phonenumbers.data' has no attribute {name!r}")
-            del namespace["__getattr__"]  # once: from here on, the real data
-            formats = {}
-            for code in codes:
-                real = importlib.import_module(self.PREFIX + code)
-                formats[int(code)] = namespace[f"PHONE_ALT_FORMAT_{code}"] = getattr(
-                    real, f"PHONE_ALT_FORMAT_{code}"
+            # All imported before anything is published: a failed import leaves this in place,
+            # and a thread asking meanwhile loads them too (the import system serialises each).
+            loaded = {
+                code: getattr(
+                    importlib.import_module(self.PREFIX + code), f"PHONE_ALT_FORMAT_{code}"
                 )
-            namespace["_ALT_NUMBER_FORMATS"] = formats
+                for code in codes
+            }
+            for code, formats in loaded.items():
+                namespace[f"PHONE_ALT_FORMAT_{code}"] = formats
+            namespace["_ALT_NUMBER_FORMATS"] = {int(code): f for code, f in loaded.items()}
+            namespace.pop("__getattr__", None)  # from here on, the real data
             return namespace[name]
 
         namespace["__getattr__"] = load

@@ -151,6 +151,8 @@ class QueueWorker:
             # key (a string) can be the same, and with this message's payload (its defaults
             # may have changed since).
             record_key = {"relay_id": relay_id}
+            if self._delivered_since_held(queued, message, relay_id):
+                return "duplicate"
         request = request_for(record_key, message)
         if queued.receive_count > self._settings.max_receive_count:
             return self._past_the_last_receive(queued, message, request, relay_id, key)
@@ -191,6 +193,20 @@ class QueueWorker:
             unexpected = RelayError(f"unexpected {type(error).__name__}")
             return self._retry_or_park(queued, message, unexpected, relay_id, key, unfinished)
         return "duplicate" if result.get(REPLAYED) else "delivered"
+
+    def _delivered_since_held(self, queued: QueuedMessage, message: Message, relay_id: str) -> bool:
+        """Whether a held message an operator redrove was delivered under its caller's key since.
+
+        A held letter whose parking seemed to fail (SendMessage timed out, yet SQS had it)
+        freed the key, and the caller's retry may then have been delivered: that key's record
+        is then a delivery, not the ``held`` answer. Read only for redriven held letters (the
+        webhook's, flagged PossiblyDelivered, with the caller's key): one GetItem, rare.
+        """
+        key = queued.attribute("IdempotencyKey")
+        flagged = (queued.attribute(POSSIBLY_DELIVERED) or "").lower() == "true"
+        if key is None or not flagged:
+            return False
+        return self._idempotency.kept_delivery(request_for(key, message), relay_id)
 
     def _unfinished_before(self, request: dict[str, Any], key: str, relay_id: str) -> bool:
         """Whether an earlier receive's send may have gone out with no outcome recorded.

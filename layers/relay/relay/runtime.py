@@ -12,7 +12,7 @@ from relay.delivery import Deliverer
 from relay.idempotency import Idempotency
 from relay.message import Defaults
 from relay.queues import Queues
-from relay.secrets import Credentials, SecretsManagerStore
+from relay.secrets import AWS_CALL_LIMIT_SECONDS, Credentials, SecretsManagerStore
 from relay.transport import Transport
 
 if TYPE_CHECKING:
@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 
 # Time kept back from the Lambda's remaining time to shape and return the answer.
 ANSWER_MARGIN_SECONDS = 1.5
+# ... and, before that, for what follows a synchronous send: the idempotency record's save and,
+# for a send that got no answer, parking the message (MessageService._hold): one bounded AWS
+# call each. Should both take their limit, the Lambda still answers before its timeout, with the
+# message held and its record kept, instead of timing out with the record in progress.
+AFTER_SEND_SECONDS = 2 * AWS_CALL_LIMIT_SECONDS + ANSWER_MARGIN_SECONDS
 
 
 class Relay(NamedTuple):
@@ -78,6 +83,7 @@ class Relay(NamedTuple):
         )
 
     def deadline(self, remaining_ms: int) -> float:
-        """When sending must be over (time.monotonic()): the send budget or the Lambda's time."""
-        room = min(self.settings.send_budget, remaining_ms / 1000 - ANSWER_MARGIN_SECONDS)
+        """When a synchronous send must be over (time.monotonic()): the send budget, or the
+        Lambda's time less what must still fit after it (AFTER_SEND_SECONDS)."""
+        room = min(self.settings.send_budget, remaining_ms / 1000 - AFTER_SEND_SECONDS)
         return time.monotonic() + room
