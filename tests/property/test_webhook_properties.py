@@ -66,7 +66,15 @@ def test_hostile_requests_get_a_documented_answer_and_send_nothing_when_refused(
         assert answer["message"]
         assert sent == [], f"a {status} answer, yet a provider received {sent}"
     if credential in ("bad bearer", "bad signature", "none"):
-        assert status == (413 if len(raw) > MAX_BODY_BYTES else 401), answer
+        # The size is checked before the credential. A base64 body that does not decode is
+        # measured by its encoded length (three bytes for every four characters, junk included),
+        # so damaged base64 of a body just under the limit may be refused as too large.
+        if len(raw) > MAX_BODY_BYTES:
+            assert status == 413, answer
+        elif base64_encoded and len(body) * 3 // 4 > MAX_BODY_BYTES:
+            assert status in (401, 413), answer
+        else:
+            assert status == 401, answer
     if status == 201:
         replayed = answer_headers.get("idempotent-replayed") == "true"
         assert len(sent) == (0 if replayed else 1)
