@@ -12,7 +12,7 @@ import os
 # A Lambda init (the handler's imports, then its module body) builds a few hundred thousand
 # objects that live as long as the environment, and next to no garbage; yet the cyclic
 # collector walks them again at every collection their allocation triggers: 35 young and 3
-# older collections, 40 to 50 ms of each cold start on CPython 3.13 (docs/performance.md). In a
+# older collections, 40 to 52 ms of each cold start on CPython 3.13 (docs/performance.md). In a
 # Lambda environment (Lambda sets AWS_LAMBDA_INITIALIZATION_TYPE for every function) the
 # collector is paused from the layer's first import until the handler's init calls
 # ``init_done``. Anywhere else (tests, the local stack, tools) it is left alone.
