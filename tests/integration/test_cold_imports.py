@@ -41,20 +41,25 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 
-@pytest.mark.parametrize("function", ["webhook", "delivery"])
-def test_a_handler_loads_without_what_was_taken_out_of_its_cold_start(relay_env, function):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "layers" / "relay")}
-    env.pop("POWERTOOLS_TRACE_DISABLED")
-    env["AWS_XRAY_CONTEXT_MISSING"] = "IGNORE_ERROR"
+def run_script(script: str, env: dict[str, str], *args: str) -> str:
+    """``script`` in a fresh interpreter with ``env``; the last line it printed."""
     done = subprocess.run(
-        [sys.executable, "-c", _LOAD, str(REPO / "functions" / function / "app.py")],
+        [sys.executable, "-c", script, *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    return done.stdout.splitlines()[-1]
+
+
+@pytest.mark.parametrize("function", ["webhook", "delivery"])
+def test_a_handler_loads_without_what_was_taken_out_of_its_cold_start(relay_env, function):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "layers" / "relay")}
+    env.pop("POWERTOOLS_TRACE_DISABLED")
+    env["AWS_XRAY_CONTEXT_MISSING"] = "IGNORE_ERROR"
+    loaded = set(json.loads(run_script(_LOAD, env, str(REPO / "functions" / function / "app.py"))))
 
     assert "aws_xray_sdk.core" in loaded  # tracing is on, as deployed
     assert {name: why for name, why in KEPT_OUT.items() if name in loaded} == {}
@@ -130,15 +135,7 @@ def test_the_gc_is_paused_for_a_lambda_init_only(relay_env, function, in_lambda)
     env["LAMBDA_TASK_ROOT"] = str(REPO / "functions" / function)  # as Lambda sets it
     if in_lambda:
         env["AWS_LAMBDA_INITIALIZATION_TYPE"] = "on-demand"  # Lambda sets it for every function
-    done = subprocess.run(
-        [sys.executable, "-c", _GC, str(REPO / "functions" / function / "app.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    seen = json.loads(done.stdout.splitlines()[-1])
+    seen = json.loads(run_script(_GC, env, str(REPO / "functions" / function / "app.py")))
 
     assert seen["during"] is not in_lambda  # paused by the layer's first import, in Lambda only
     assert seen["after"] is True  # running again once the module body is done

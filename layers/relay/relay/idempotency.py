@@ -211,19 +211,16 @@ class Idempotency:
         Powertools makes it (its key layout); ``relay_id`` is for the log.
         """
         try:
-            record = self._store.get_record(request)
-            status = record.status if record is not None else None
-        except (IdempotencyItemNotFoundError, IdempotencyValidationError):
-            return "none"
+            record = self._kept(request)
         except Exception as error:
             logger.warning(
                 "could not read the idempotency record; taking it as possibly delivered",
                 extra={"relay_id": relay_id, "error": type(error).__name__},
             )
             return "unreadable"
-        if status is None:
+        if record is None or record.status is None:
             return "none"
-        return "delivered" if status == STATUS_CONSTANTS["COMPLETED"] else "unfinished"
+        return "delivered" if record.status == STATUS_CONSTANTS["COMPLETED"] else "unfinished"
 
     def kept_delivery(self, request: dict[str, Any], relay_id: str) -> bool:
         """Whether the record kept for ``request`` (``request_for``) is a delivery: COMPLETED,
@@ -232,9 +229,7 @@ class Idempotency:
         False when there is none, when it is another message's, and when it cannot be read.
         """
         try:
-            record = self._store.get_record(request)
-        except (IdempotencyItemNotFoundError, IdempotencyValidationError):
-            return False
+            record = self._kept(request)
         except Exception as error:
             logger.warning(
                 "could not read the idempotency record of a redriven message",
@@ -245,6 +240,14 @@ class Idempotency:
             return False
         kept = record.response_json_as_dict() or {}
         return kept.get("status") not in (QUEUED, HELD)
+
+    def _kept(self, request: dict[str, Any]) -> DataRecord | None:
+        """The record kept for ``request``: None if there is none, or it is another message's
+        (the same key, another payload); raises if it cannot be read. One consistent GetItem."""
+        try:
+            return self._store.get_record(request)
+        except (IdempotencyItemNotFoundError, IdempotencyValidationError):
+            return None
 
 
 def _marker_key(key: str) -> str:

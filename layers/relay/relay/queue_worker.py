@@ -59,6 +59,11 @@ class QueuedMessage(NamedTuple):
         value = attribute.get("StringValue") if attribute is not None else None
         return (value.strip()[:255] or None) if isinstance(value, str) else None
 
+    @property
+    def flagged_possibly_delivered(self) -> bool:
+        """Whether an earlier parking flagged it: redriven by an operator who knew the risk."""
+        return (self.attribute(POSSIBLY_DELIVERED) or "").lower() == "true"
+
 
 class Redeliver(Exception):
     """Hand the message back to the queue; it comes back after ``delay`` seconds."""
@@ -203,8 +208,7 @@ class QueueWorker:
         webhook's, flagged PossiblyDelivered, with the caller's key): one GetItem, rare.
         """
         key = queued.attribute("IdempotencyKey")
-        flagged = (queued.attribute(POSSIBLY_DELIVERED) or "").lower() == "true"
-        if key is None or not flagged:
+        if key is None or not queued.flagged_possibly_delivered:
             return False
         return self._idempotency.kept_delivery(request_for(key, message), relay_id)
 
@@ -334,8 +338,7 @@ class QueueWorker:
     ) -> bool:
         """Whether the provider may have the message being parked: its send now, or one on an
         earlier receive (the marker), went unanswered; or it was parked so before (redriven)."""
-        flagged = (queued.attribute(POSSIBLY_DELIVERED) or "").lower() == "true"
-        if isinstance(error, ProviderTimeout) or flagged:
+        if isinstance(error, ProviderTimeout) or queued.flagged_possibly_delivered:
             return True
         if message is None or key is None:  # a body that is no message was never sent
             return False
