@@ -473,6 +473,9 @@ class Report:
     ambiguous: int = 0  # messages with a request the provider may have kept, answer unseen
     ambiguous_sends: int = 0  # such requests, before the first 2xx of their relay id
     duplicates: int = 0  # requests beyond the first that the provider may have kept
+    # Dead letters beyond a message's first, each the same as its first (judge): parked again
+    # after a dead-letter send that seemed to fail; per entry point.
+    copies: Counter[str] = field(default_factory=Counter)
     unanswered: int = 0  # requests the stand-ins read and never answered: all the ambiguous ones
     lost: list[str] = field(default_factory=list)
     bad_dead_letters: list[str] = field(default_factory=list)
@@ -631,6 +634,11 @@ class Report:
                 _n(self.duplicates) + share,
             ),
             (FAILURES["unexplained_duplicates"], f"**{_n(len(self.unexplained_duplicates))}**"),
+            (
+                "copies of a dead letter (the same letter again, after a dead-letter send "
+                "that seemed to fail; never a provider request)",
+                _n(sum(self.copies.values())),
+            ),
             (FAILURES["violations"], f"**{_n(len(self.violations))}**"),
             (FAILURES["queue_glitches"], f"**{_n(len(self.queue_glitches))}**"),
             ("time", f"{self.seconds:.0f} s"),
@@ -706,6 +714,7 @@ class Report:
             "ambiguous_messages": self.ambiguous,
             "ambiguous_sends": self.ambiguous_sends,
             "duplicates": self.duplicates,
+            "dead_letter_copies_by_entry": {entry: self.copies[entry] for entry in ENTRIES},
             "duplicates_by_entry": {
                 entry: sum(self.duplicates_by.get(entry, Counter()).values()) for entry in ENTRIES
             },
@@ -1098,6 +1107,7 @@ class Verdict:
     duplicates: int = 0
     ambiguous: bool = False
     ambiguous_sends: int = 0
+    copies: int = 0  # dead letters beyond the first, each the same as the first
 
 
 def _accepted(status: int | None) -> bool:
@@ -1118,7 +1128,8 @@ def judge(item: Planned, trace: Trace) -> Verdict:
     - a duplicate is any further request the provider may have kept (answered 2xx, or not
       answered at all); it is explained only if no 2xx came before it, so that every one
       follows an unanswered request (an ambiguous send) under the same relay id;
-    - dead-lettered: exactly one dead letter, no 2xx, and a reason (ErrorKind, ErrorMessage,
+    - dead-lettered: one dead letter (or copies of one, counted: a dead-letter send that seemed
+      to fail may have been stored), no 2xx, and a reason (ErrorKind, ErrorMessage,
       ErrorStatus where the provider answered with a status) that matches the faults met;
     - held (synchronous): a send that went unanswered (a hang, or a reset before or after the
       read: the relay cannot tell those apart) is parked as exhausted, PossiblyDelivered,
@@ -1161,8 +1172,15 @@ def judge(item: Planned, trace: Trace) -> Verdict:
         f"met {trace.served}, answers {answers})"
     )
 
+    # A dead-letter send whose answer was late may have been stored, and the relay then parks
+    # the message again (it never drops one without a home): the same letter twice. Counted
+    # (``Report.copies``), not a failure; letters that differ are.
+    first_letter = trace.parked[0] if trace.parked else None
+    copies = len(trace.parked) - 1 if trace.parked.count(first_letter) == len(trace.parked) else 0
+
     def verdict(state: str | None) -> Verdict:
-        return Verdict(state, tuple(failures), duplicates, ambiguous, before_ok.count(None))
+        ambiguous_sends = before_ok.count(None)
+        return Verdict(state, tuple(failures), duplicates, ambiguous, ambiguous_sends, copies)
 
     if item.entry == "http async" and (caller is None or caller.status != 202):
         status = caller and caller.status
@@ -1172,7 +1190,7 @@ def judge(item: Planned, trace: Trace) -> Verdict:
         failures.append(("wrong_answers", f"{where}: an SQS message has a webhook answer"))
 
     if trace.parked:
-        if len(trace.parked) > 1:
+        if len(trace.parked) > 1 and not copies:
             reasons = [
                 {k: v for k, v in letter.items() if k.startswith("Error")}
                 for letter in trace.parked
@@ -1192,7 +1210,7 @@ def judge(item: Planned, trace: Trace) -> Verdict:
             failures.append(("wrong_answers", f"{where}: parked, but the caller got {caller}"))
         problems = _reason_problems(item, trace, letter, ambiguous)
         failures += [("bad_dead_letters", f"{where}: {problem}") for problem in problems]
-        if problems or len(trace.parked) > 1:
+        if problems or len(trace.parked) > 1 + copies:
             return verdict(None)
         # A synchronous one held after a reset before the read (not recorded, so not counted
         # as ambiguous) is `parked exhausted`; after a hang or a reset after the read,
@@ -1413,6 +1431,7 @@ def _account(
         report.ambiguous += verdict.ambiguous
         report.ambiguous_sends += verdict.ambiguous_sends
         report.duplicates += verdict.duplicates
+        report.copies[item.entry] += verdict.copies
         report.ambiguous_by_entry[item.entry] += verdict.ambiguous
         report.ambiguous_sends_by_entry[item.entry] += verdict.ambiguous_sends
         causes = duplicate_causes(

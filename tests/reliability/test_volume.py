@@ -287,8 +287,12 @@ def test_a_dead_letter_must_carry_the_reason_its_faults_call_for():
     assert problems(_item(exhausting=True), exhausted) == []
     no_status = Trace([503], ["503", "reset before read"], [_letter("exhausted", 503)])
     assert problems(_item(exhausting=True), no_status) != []  # the last attempt got no status
+    # Two letters for one message pass only as copies of one (the same reason, counted).
     twice = Trace([422], ["4xx"], [_letter("permanent", 422), _letter("permanent", 422)])
-    assert problems(_item(), twice) != []
+    assert problems(_item(), twice) == []
+    assert judge(_item(), twice).copies == 1
+    differ = Trace([422], ["4xx"], [_letter("permanent", 422), _letter("exhausted", 422)])
+    assert problems(_item(), differ) != []
     queued = Answer(202, {"id": "r", "status": "queued"}, 1)
     letter = {**_letter("permanent", 422), "IdempotencyKey": "rel-0000000"}
     assert problems(_item("http async"), Trace([422], ["4xx"], [letter], queued)) == []
@@ -364,13 +368,26 @@ def test_a_held_send_must_be_parked_as_held_and_its_caller_told_so():
         assert set(failures(letters=[_held_letter(**change)])) == {"bad_dead_letters"}, change
     # Its last request was answered: it was held after something other than an unanswered send.
     assert "bad_dead_letters" in failures(answers=(None, 503), served=("hang", "503"))
-    assert set(failures(letters=[_held_letter(), _held_letter()])) == {"bad_dead_letters"}
+    # Two letters that differ (here, in their reason) are no copy of one parking.
+    dropped = f"lancepilot gave no answer: the connection dropped; {HELD_DETAIL}"
+    other = _held_letter(ErrorMessage=dropped)
+    assert set(failures(letters=[_held_letter(), other])) == {"bad_dead_letters"}
     for caller in (
         Answer(504, {"message": "no answer", "provider": "lancepilot", "id": "r"}, 10),
         Answer(503, {"id": "r"}, 10),
         _held_answer(provider="fluents"),
     ):
         assert failures(caller=caller) == ["wrong_answers"], caller
+
+
+def test_the_same_dead_letter_twice_is_counted_as_a_copy_not_a_failure():
+    # A dead-letter send whose answer was late may still have been stored; the relay, which
+    # never drops a message without a home, then parks it again.
+    twice = _held(letters=[_held_letter(), _held_letter()])
+    once = _held()
+
+    assert (twice.state, twice.failures, twice.copies) == (once.state, (), 1)
+    assert once.copies == 0
 
 
 def test_a_synchronous_send_without_an_answer_but_no_dead_letter_is_lost():
