@@ -1175,8 +1175,8 @@ def judge(item: Planned, trace: Trace) -> Verdict:
     # A dead-letter send whose answer was late may have been stored, and the relay then parks
     # the message again (it never drops one without a home): the same letter twice. Counted
     # (``Report.copies``), not a failure; letters that differ are.
-    first_letter = trace.parked[0] if trace.parked else None
-    copies = len(trace.parked) - 1 if trace.parked.count(first_letter) == len(trace.parked) else 0
+    letters = trace.parked
+    copies = len(letters) - 1 if letters and letters.count(letters[0]) == len(letters) else 0
 
     def verdict(state: str | None) -> Verdict:
         ambiguous_sends = before_ok.count(None)

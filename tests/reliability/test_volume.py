@@ -388,6 +388,7 @@ def test_the_same_dead_letter_twice_is_counted_as_a_copy_not_a_failure():
 
     assert (twice.state, twice.failures, twice.copies) == (once.state, (), 1)
     assert once.copies == 0
+    assert judge(_item(), Trace([201], ["ok"])).copies == 0  # delivered: no letter at all
 
 
 def test_a_synchronous_send_without_an_answer_but_no_dead_letter_is_lost():
