@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import boto3
 import urllib3
 
+from relay.secrets import FAST_FAIL
 from relay_local.checkout import revision
 from relay_local.lambda_runtime import REPO
 from relay_local.sandbox import Fault, Received
@@ -280,6 +281,8 @@ UNANSWERED = frozenset({"hang", "reset after read", "reset before read"})
 # ErrorMessage ends so (docs/sqs.md, "Held synchronous sends").
 HELD = "held"
 HELD_DETAIL = "a synchronous request, answered 504 and not resent"
+# The attempts botocore makes at one dead-letter send (relay.queues): each may be stored.
+PARKING_ATTEMPTS: int = FAST_FAIL.retries["total_max_attempts"]
 
 # Fast settings, so that thousands of messages and their faults fit in a minute or two.
 SPEED = {
@@ -473,8 +476,8 @@ class Report:
     ambiguous: int = 0  # messages with a request the provider may have kept, answer unseen
     ambiguous_sends: int = 0  # such requests, before the first 2xx of their relay id
     duplicates: int = 0  # requests beyond the first that the provider may have kept
-    # Dead letters beyond a message's first, each the same as its first (judge): parked again
-    # after a dead-letter send that seemed to fail; per entry point.
+    # Dead letters beyond a message's first, each the same as its first (judge): a dead-letter
+    # send answered late and retried, both stored; per entry point.
     copies: Counter[str] = field(default_factory=Counter)
     unanswered: int = 0  # requests the stand-ins read and never answered: all the ambiguous ones
     lost: list[str] = field(default_factory=list)
@@ -635,8 +638,8 @@ class Report:
             ),
             (FAILURES["unexplained_duplicates"], f"**{_n(len(self.unexplained_duplicates))}**"),
             (
-                "copies of a dead letter (the same letter again, after a dead-letter send "
-                "that seemed to fail; never a provider request)",
+                "copies of a dead letter (the same letter stored twice: a dead-letter send "
+                "answered late and retried; never a provider request)",
                 _n(sum(self.copies.values())),
             ),
             (FAILURES["violations"], f"**{_n(len(self.violations))}**"),
@@ -1128,9 +1131,10 @@ def judge(item: Planned, trace: Trace) -> Verdict:
     - a duplicate is any further request the provider may have kept (answered 2xx, or not
       answered at all); it is explained only if no 2xx came before it, so that every one
       follows an unanswered request (an ambiguous send) under the same relay id;
-    - dead-lettered: one dead letter (or copies of one, counted: a dead-letter send that seemed
-      to fail may have been stored), no 2xx, and a reason (ErrorKind, ErrorMessage,
-      ErrorStatus where the provider answered with a status) that matches the faults met;
+    - dead-lettered: one dead letter (or one identical copy per retry of its send, counted: a
+      send answered late may have been stored as well as its retry), no 2xx, and a reason
+      (ErrorKind, ErrorMessage, ErrorStatus where the provider answered with a status) that
+      matches the faults met;
     - held (synchronous): a send that went unanswered (a hang, or a reset before or after the
       read: the relay cannot tell those apart) is parked as exhausted, PossiblyDelivered,
       QueuedBy webhook, under the RelayId and key its caller was given, and its caller told 504
@@ -1172,11 +1176,12 @@ def judge(item: Planned, trace: Trace) -> Verdict:
         f"met {trace.served}, answers {answers})"
     )
 
-    # A dead-letter send whose answer was late may have been stored, and the relay then parks
-    # the message again (it never drops one without a home): the same letter twice. Counted
-    # (``Report.copies``), not a failure; letters that differ are.
+    # botocore retries a dead-letter send whose answer was late, and SQS may have stored both:
+    # the same letter twice. Up to one copy per attempt after the first is counted
+    # (``Report.copies``), not a failure; more, or letters that differ, are.
     letters = trace.parked
-    copies = len(letters) - 1 if letters and letters.count(letters[0]) == len(letters) else 0
+    identical = bool(letters) and letters.count(letters[0]) == len(letters)
+    copies = len(letters) - 1 if identical and len(letters) <= PARKING_ATTEMPTS else 0
 
     def verdict(state: str | None) -> Verdict:
         ambiguous_sends = before_ok.count(None)

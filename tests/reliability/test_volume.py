@@ -18,6 +18,7 @@ from tests.reliability.harness import (
     CATALOGUE,
     ENTRIES,
     HELD_DETAIL,
+    PARKING_ATTEMPTS,
     UNANSWERED,
     Answer,
     Planned,
@@ -287,10 +288,13 @@ def test_a_dead_letter_must_carry_the_reason_its_faults_call_for():
     assert problems(_item(exhausting=True), exhausted) == []
     no_status = Trace([503], ["503", "reset before read"], [_letter("exhausted", 503)])
     assert problems(_item(exhausting=True), no_status) != []  # the last attempt got no status
-    # Two letters for one message pass only as copies of one (the same reason, counted).
+    # Two letters for one message pass only as a copy of one (the same, counted): a dead-letter
+    # send answered late and retried. More copies than its retries can make do not.
     twice = Trace([422], ["4xx"], [_letter("permanent", 422), _letter("permanent", 422)])
     assert problems(_item(), twice) == []
     assert judge(_item(), twice).copies == 1
+    thrice = Trace([422], ["4xx"], [_letter("permanent", 422)] * (PARKING_ATTEMPTS + 1))
+    assert problems(_item(), thrice) != []
     differ = Trace([422], ["4xx"], [_letter("permanent", 422), _letter("exhausted", 422)])
     assert problems(_item(), differ) != []
     queued = Answer(202, {"id": "r", "status": "queued"}, 1)
@@ -381,8 +385,8 @@ def test_a_held_send_must_be_parked_as_held_and_its_caller_told_so():
 
 
 def test_the_same_dead_letter_twice_is_counted_as_a_copy_not_a_failure():
-    # A dead-letter send whose answer was late may still have been stored; the relay, which
-    # never drops a message without a home, then parks it again.
+    # botocore retries a dead-letter send whose answer was late, and SQS may keep both
+    # (test_parking.py): one parking, two identical letters.
     twice = _held(letters=[_held_letter(), _held_letter()])
     once = _held()
 

@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 
 from relay.errors import DependencyUnavailable
-from relay.secrets import ONE_ATTEMPT, pooled
+from relay.secrets import pooled
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     import boto3
-    from botocore.config import Config
     from mypy_boto3_sqs.client import SQSClient
     from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef
 
@@ -59,17 +58,14 @@ class Queues:
         delivery_url: str | None,
         dead_letter_url: str | None,
         threads: int = 1,
-        parking: Config = ONE_ATTEMPT,
     ) -> None:
         self._threads = threads
-        self._parking_config = parking
         self.delivery_url = delivery_url
         self.dead_letter_url = dead_letter_url
         # Created on first use: most invocations never touch SQS (a sync webhook request, a
         # batch that all delivers), and a client costs its service model at init.
         self._session = session
         self._client: SQSClient | None = None
-        self._parking: SQSClient | None = None
         self._lock = threading.Lock()
 
     @property
@@ -79,16 +75,6 @@ class Queues:
                 if self._client is None:
                     self._client = self._session.client("sqs", config=pooled(self._threads))
         return self._client
-
-    @property
-    def _parking_sqs(self) -> SQSClient:
-        """The client for dead-letter sends: never retried by botocore (``ONE_ATTEMPT``)."""
-        if self._parking is None:
-            config = pooled(self._threads).merge(self._parking_config)
-            with self._lock:
-                if self._parking is None:
-                    self._parking = self._session.client("sqs", config=config)
-        return self._parking
 
     def enqueue(self, body: str, attributes: Mapping[str, str]) -> str:
         """Put a message on the delivery queue; its SQS message id."""
@@ -115,10 +101,13 @@ class Queues:
         The original attributes (RelayId, IdempotencyKey, QueuedBy, a producer's own) come
         along so that a redrive is recognised by idempotency; the reason's attributes
         (PossiblyDelivered among them) take precedence when SQS's ten-attribute limit forces a
-        choice. Raises if the send fails, without a retry: a send whose answer was late may
-        still have been stored, and the caller's fallback (hand the message back, answer a plain
-        504) at worst parks a second, identical copy, where a blind retry would make one every
-        time SQS is slow.
+        choice. Raises if the send fails.
+
+        botocore retries a send whose answer was late (FAST_FAIL): SQS may have stored the first
+        too, which leaves two identical letters. That is the least harm a late answer can do: a
+        send that failed instead would be handed back (or a held send answered a plain 504) and
+        the message sent or parked again, where a copy is recognised by its RelayId, and a
+        redrive of both delivers it once.
         """
         assert self.dead_letter_url is not None
         attributes: dict[str, MessageAttributeValueTypeDef] = {}
@@ -134,7 +123,7 @@ class Queues:
                 continue
             if len(attributes) < MAX_ATTRIBUTES:
                 attributes[name] = kept
-        sent = self._parking_sqs.send_message(
+        sent = self._sqs.send_message(
             QueueUrl=self.dead_letter_url, MessageBody=body, MessageAttributes=attributes
         )
         return sent["MessageId"]

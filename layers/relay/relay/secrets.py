@@ -27,13 +27,6 @@ FAST_FAIL = Config(
     connect_timeout=_CONNECT, read_timeout=_READ, retries={"total_max_attempts": _ATTEMPTS}
 )
 AWS_CALL_LIMIT_SECONDS = (_CONNECT + _READ) * _ATTEMPTS  # the longest one such call can take
-# A dead-letter send is not idempotent: botocore retries one whose answer was late though SQS
-# had stored it, and the message is parked twice. One attempt, given the whole limit to answer.
-ONE_ATTEMPT = Config(
-    connect_timeout=_CONNECT,
-    read_timeout=AWS_CALL_LIMIT_SECONDS - _CONNECT,
-    retries={"total_max_attempts": 1},
-)
 
 
 def pooled(threads: int) -> Config:
