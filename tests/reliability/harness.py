@@ -281,6 +281,7 @@ UNANSWERED = frozenset({"hang", "reset after read", "reset before read"})
 # ErrorMessage ends so (docs/sqs.md, "Held synchronous sends").
 HELD = "held"
 HELD_DETAIL = "a synchronous request, answered 504 and not resent"
+MAX_VISIBILITY_SECONDS = 12 * 3600  # SQS's longest visibility timeout
 # The attempts botocore makes at one dead-letter send (relay.queues): each may be stored.
 PARKING_ATTEMPTS: int = FAST_FAIL.retries["total_max_attempts"]
 
@@ -1518,16 +1519,25 @@ def trace_requests(
 
 
 def _dead_letters(stack: DevStack) -> list[tuple[str | None, str | None, dict[str, str]]]:
-    """Every dead letter: its RelayId, the tag its body holds, its attributes (name -> value)."""
+    """Every dead letter: its RelayId, the tag its body holds, its attributes (name -> value).
+
+    Each SQS message once: a soak's accounting can outlast any visibility timeout (1,384 s at
+    7e7e689, whose 600 s timeout let the first letters be received three times and counted as
+    copies), so letters stay hidden for SQS's longest, and a message received again is skipped.
+    """
     sqs = boto3.client("sqs")
     found: list[tuple[str | None, str | None, dict[str, str]]] = []
+    seen: set[str] = set()
     while batch := sqs.receive_message(
         QueueUrl=stack.env["DEAD_LETTER_QUEUE_URL"],
         MaxNumberOfMessages=10,
         MessageAttributeNames=["All"],
-        VisibilityTimeout=600,
+        VisibilityTimeout=MAX_VISIBILITY_SECONDS,
     ).get("Messages", []):
         for message in batch:
+            if message["MessageId"] in seen:
+                continue
+            seen.add(message["MessageId"])
             attributes = {
                 name: value.get("StringValue", "")
                 for name, value in message.get("MessageAttributes", {}).items()
