@@ -2,6 +2,7 @@
 
     python -m benchmarks.profile imports            # M instructions per package (2 runs each)
     python -m benchmarks.profile cold webhook       # pyinstrument profile of one cold start
+    python -m benchmarks.profile batch              # CPU per area of 100-message batches
 
 ``imports``: each package the relay adds on top of the Lambda runtime's boto3 and urllib3,
 counted under callgrind (instructions, not time: the same whatever else the machine does). Each
@@ -19,6 +20,8 @@ thread only: delivery's provider threads appear as the wait for them). The place
 cold-start target is missed. pyinstrument itself is imported first (from a directory added last
 to PYTHONPATH), so the standard library modules it loads are not in the profile: the header
 lists them.
+
+``batch``: benchmarks.batch_profile (its docstring).
 """
 
 from __future__ import annotations
@@ -180,11 +183,20 @@ def main() -> None:
     profiled = commands.add_parser("cold", help="pyinstrument profile of one cold start")
     profiled.add_argument("handler", choices=("webhook", "delivery"))
     profiled.add_argument("--bytecode", choices=BYTECODE, default="shipped", help="the layer's")
+    batched = commands.add_parser("batch", help="CPU per area of the delivery function's batch")
+    batched.add_argument("--messages", type=int, default=100)
+    batched.add_argument("--latency-ms", type=int, default=50)
+    batched.add_argument("--mix", choices=("single", "mixed"), default="mixed")
+    batched.add_argument("--batches", type=int, default=5)
     args = parser.parse_args()
     if args.command == "imports":
         imports(args.runs)
-    else:
+    elif args.command == "cold":
         cold(args.handler, args.bytecode)
+    else:
+        from benchmarks import batch_profile  # its imports load the relay's stack
+
+        batch_profile.run(args.messages, args.latency_ms, args.mix, args.batches)
 
 
 if __name__ == "__main__":
