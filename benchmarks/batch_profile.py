@@ -2,8 +2,9 @@
 
     python -m benchmarks.profile batch    # mixed, 50 ms, DynamoDB stubbed at 5 ms, 5 batches
 
-The cell that misses "bounded only by the concurrency limit" even with moto_server's writes
-taken out is CPU-bound (docs/performance.md, 3): this says what that CPU is. The delivery
+At 50 ms to both providers the 100-message cell misses "bounded only by the concurrency limit"
+even with moto_server's writes taken out, and is CPU-bound (docs/performance.md, 3): this says
+what that CPU is. CPython 3.11 only: from 3.12 one profiler may be active at a time. The delivery
 function runs here as benchmarks.batch runs it (its stack, X-Ray on as deployed, DynamoDB
 answered by ``StubbedDynamoDB``) with a cProfile per thread (``threading.setprofile``: the
 lanes' threads as they start, and the handler's own around each call), timed by the thread's
@@ -142,6 +143,8 @@ def by_area(stats: pstats.Stats) -> Counter[str]:
 
 
 def profile_batch(messages: int, latency_ms: int, mix: str, batches: int) -> dict[str, Any]:
+    if sys.version_info >= (3, 12):  # a second cProfile.enable() raises there
+        raise SystemExit("benchmarks.profile batch needs CPython 3.11: one profiler per thread")
     import boto3
 
     load_before = os.getloadavg()

@@ -1521,9 +1521,10 @@ def trace_requests(
 def _dead_letters(stack: DevStack) -> list[tuple[str | None, str | None, dict[str, str]]]:
     """Every dead letter: its RelayId, the tag its body holds, its attributes (name -> value).
 
-    Each SQS message once: a soak's accounting can outlast any visibility timeout (1,384 s at
-    7e7e689, whose 600 s timeout let the first letters be received three times and counted as
-    copies), so letters stay hidden for SQS's longest, and a message received again is skipped.
+    Each SQS message once: a soak's accounting can outlast a visibility timeout (1,384 s at
+    7e7e689, whose 600 s let the first letters be received two or three times: counted as
+    copies, or failed), so letters stay hidden for SQS's longest, and one received again is
+    skipped.
     """
     sqs = boto3.client("sqs")
     found: list[tuple[str | None, str | None, dict[str, str]]] = []
