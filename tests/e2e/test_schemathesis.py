@@ -88,7 +88,9 @@ SIGNINGS = {
     "signed": WebhookSignature(),
     "signed, with a wrong bearer key too": WebhookSignature(),
     "signed 301 s ago": WebhookSignature(age=TOLERANCE_SECONDS + 1),
-    "signed 301 s ahead": WebhookSignature(age=-TOLERANCE_SECONDS - 1),
+    # Well past the tolerance: one second past it is inside it again once the relay's clock
+    # ticks over before it checks (a loaded machine; test_auth.py checks the boundary itself).
+    "signed 330 s ahead": WebhookSignature(age=-TOLERANCE_SECONDS - 30),
     "signed with another secret": WebhookSignature(secret=FOREIGN_SECRET),
     "signed over another body": WebhookSignature(tamper=True),
 }
