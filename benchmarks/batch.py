@@ -412,6 +412,14 @@ class Bench:
             )
 
 
+def delivery_queue_arn(sqs: SQSClient, stack: BenchStack) -> str:
+    """The delivery queue's ARN, which the Lambda records carry as their eventSourceARN."""
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=stack.env["DELIVERY_QUEUE_URL"], AttributeNames=["QueueArn"]
+    )["Attributes"]
+    return attributes["QueueArn"]
+
+
 def _cpu_ms(pid: int | None) -> float:
     """A process's CPU time so far (user + system, ms) from /proc; 0 without /proc."""
     try:
@@ -457,10 +465,7 @@ def measure(
         # Loaded after the stack is up: each reads its settings from the environment at init.
         functions = {"relay": relay_function, "sequential": sequential_function}
         handlers = {pattern: functions[pattern]() for pattern in patterns}
-        queue_arn = sqs.get_queue_attributes(
-            QueueUrl=stack.env["DELIVERY_QUEUE_URL"], AttributeNames=["QueueArn"]
-        )["Attributes"]["QueueArn"]
-        bench = Bench(stack, tracing, sqs, aws, handlers, queue_arn)
+        bench = Bench(stack, tracing, sqs, aws, handlers, delivery_queue_arn(sqs, stack))
         limit = int(os.environ["PROVIDER_CONCURRENCY"])
 
         # Warm both environments: secrets cached, threads started, a connection per concurrent

@@ -34,6 +34,7 @@ from benchmarks.batch import (
     AwsCalls,
     Bench,
     StubbedDynamoDB,
+    delivery_queue_arn,
     relay_function,
     start_stack,
     trace_header,
@@ -157,10 +158,7 @@ def profile_batch(messages: int, latency_ms: int, mix: str, batches: int) -> dic
         StubbedDynamoDB(5.0).attach()
         profiles.follow_new_threads()  # before the handler loads: its lanes start later
         handler = relay_function()
-        queue_arn = sqs.get_queue_attributes(
-            QueueUrl=stack.env["DELIVERY_QUEUE_URL"], AttributeNames=["QueueArn"]
-        )["Attributes"]["QueueArn"]
-        bench = Bench(stack, True, sqs, aws, {"relay": handler}, queue_arn)
+        bench = Bench(stack, True, sqs, aws, {"relay": handler}, delivery_queue_arn(sqs, stack))
         main = profiles.new()
         sizes = [WARM] + [messages] * batches
         for size in sizes:

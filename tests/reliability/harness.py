@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import boto3
 import urllib3
 
+from relay.queue_worker import MAX_VISIBILITY
 from relay.secrets import FAST_FAIL
 from relay_local.checkout import revision
 from relay_local.lambda_runtime import REPO
@@ -281,7 +282,6 @@ UNANSWERED = frozenset({"hang", "reset after read", "reset before read"})
 # ErrorMessage ends so (docs/sqs.md, "Held synchronous sends").
 HELD = "held"
 HELD_DETAIL = "a synchronous request, answered 504 and not resent"
-MAX_VISIBILITY_SECONDS = 12 * 3600  # SQS's longest visibility timeout
 # The attempts botocore makes at one dead-letter send (relay.queues): each may be stored.
 PARKING_ATTEMPTS: int = FAST_FAIL.retries["total_max_attempts"]
 
@@ -1533,7 +1533,7 @@ def _dead_letters(stack: DevStack) -> list[tuple[str | None, str | None, dict[st
         QueueUrl=stack.env["DEAD_LETTER_QUEUE_URL"],
         MaxNumberOfMessages=10,
         MessageAttributeNames=["All"],
-        VisibilityTimeout=MAX_VISIBILITY_SECONDS,
+        VisibilityTimeout=MAX_VISIBILITY,
     ).get("Messages", []):
         for message in batch:
             if message["MessageId"] in seen:
