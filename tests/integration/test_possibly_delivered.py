@@ -28,6 +28,7 @@ from tests.conftest import (
     received_records,
 )
 from tests.integration.test_delivery import attribute, dead_letters, send
+from tests.integration.test_metrics import published, total
 
 TTL = 14 * 24 * 3600  # IDEMPOTENCY_TTL_SECONDS' default: relay_env does not set it
 REFUSAL = {"message": "Validation error", "errors": {"number": ["is not on WhatsApp"]}}
@@ -294,6 +295,29 @@ def test_a_send_cut_off_mid_flight_then_a_refusal_is_parked_as_possibly_delivere
     assert (seen["relay_id"], seen["level"]) == ("relay-g", "WARNING")
     [line] = log_lines(logs, "message dead-lettered")
     assert (line["possibly_delivered"], line["receive_count"]) == (True, 3)
+
+
+def test_a_send_cut_off_mid_flight_is_counted_as_ambiguous_when_its_redelivery_finds_it(
+    delivery, aws, lancepilot, capsys
+):
+    # Only the redelivery learns that the dead invocation's send may have gone out: it counts
+    # the ambiguous send (the resend it makes may be a duplicate) and delivers.
+    body = lancepilot_message()
+    send(aws, body, RelayId="relay-m")
+    [dead] = received_records(aws, 1)
+    cut_off_mid_send(aws, "relay-m", body)
+    aws.sqs.change_message_visibility(
+        QueueUrl=aws.queue_url, ReceiptHandle=dead["receiptHandle"], VisibilityTimeout=0
+    )
+    capsys.readouterr()
+
+    delivery.drain(idle_seconds=1.2, limit_s=20)
+
+    points = published(capsys)
+    assert total(points, "AmbiguousSends", Provider="lancepilot") == 1
+    assert total(points, "MessagesDelivered", Provider="lancepilot") == 1
+    assert [r.answered for r in lancepilot.received] == [201]
+    assert dead_letters(aws) == []
 
 
 def test_a_redelivery_with_no_record_left_reads_it_once_and_is_not_flagged(

@@ -163,7 +163,9 @@ class QueueWorker:
             return self._past_the_last_receive(queued, message, request, relay_id, key)
         # A redelivery may follow a receive cut off mid-send: only redeliveries (rare) read
         # the record first, the first receive goes straight to the send.
-        unfinished = queued.receive_count > 1 and self._unfinished_before(request, key, relay_id)
+        unfinished = queued.receive_count > 1 and self._unfinished_before(
+            request, key, relay_id, message.provider
+        )
         if deadline is None:
             return self._retry_or_park(queued, message, OutOfTime(), relay_id, key, unfinished)
         try:
@@ -212,12 +214,16 @@ class QueueWorker:
             return False
         return self._idempotency.kept_delivery(request_for(key, message), relay_id)
 
-    def _unfinished_before(self, request: dict[str, Any], key: str, relay_id: str) -> bool:
+    def _unfinished_before(
+        self, request: dict[str, Any], key: str, relay_id: str, provider: str
+    ) -> bool:
         """Whether an earlier receive's send may have gone out with no outcome recorded.
 
         A send cut off by a crash or the Lambda's timeout leaves its record INPROGRESS and no
         marker; Powertools takes such a record over once it expires, and its failure then
         deletes it. The marker keeps the fact for a later parking, on this receive or another.
+        Counted as an ambiguous send: the resend that follows may be a duplicate, and only
+        this receive learns of it.
         """
         earlier = self._idempotency.earlier_send(request, relay_id)
         if earlier == "unreadable":  # flag this receive; a marker would outlast a blip
@@ -225,6 +231,7 @@ class QueueWorker:
         if earlier != "unfinished":
             return False
         logger.warning("an earlier send may have gone out unanswered", extra={"relay_id": relay_id})
+        outcomes.count("AmbiguousSends", provider)
         self._idempotency.mark_ambiguous(key, relay_id)
         return True
 
