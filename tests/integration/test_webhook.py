@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 
 import pytest
@@ -28,6 +29,7 @@ from tests.conftest import (
     lancepilot_message,
     load_event,
 )
+from tests.property.openapi import answer_problems
 
 
 def signed(body: bytes, secret: str = SIGNING_SECRET, **overrides: str) -> dict[str, str]:
@@ -42,6 +44,17 @@ def signed(body: bytes, secret: str = SIGNING_SECRET, **overrides: str) -> dict[
     return headers
 
 
+# --- the document ----------------------------------------------------------------------------
+
+
+def test_api_gateways_own_429_is_documented_but_never_the_relays_answer():
+    # docs/openapi.yaml documents API Gateway's throttling answer for callers, marked
+    # x-answered-by: api-gateway; from the relay's handler it would be a departure.
+    assert answer_problems(429, {}, {"message": "Too Many Requests"}) == [
+        "status 429 is API Gateway's own answer, never the relay's"
+    ]
+
+
 # --- delivered -------------------------------------------------------------------------------
 
 
@@ -49,6 +62,7 @@ def test_lancepilot_message_is_sent_as_the_document_says(webhook, lancepilot, fl
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 201
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert answer.json["status"] == "delivered"
     assert answer.json["provider"] == "lancepilot"
     assert answer.json["provider_status"] == 201
@@ -75,6 +89,7 @@ def test_lancepilot_receipt_is_passed_back(webhook, lancepilot):
 
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert answer.json["provider_response"] == {"id": "msg-42", "contact": "c-7"}
 
 
@@ -82,6 +97,7 @@ def test_fluents_message_is_sent_and_its_empty_201_is_enough(webhook, fluents, l
     answer = webhook.post(fluents_message(), headers=bearer())
 
     assert answer.status == 201
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert answer.json["provider"] == "fluents"
     assert "provider_response" not in answer.json  # Fluents' 201 has no body
     [sent] = fluents.received
@@ -127,6 +143,15 @@ def test_base64_body_is_accepted(webhook, lancepilot):
 
     assert answer.status == 201
     assert len(lancepilot.accepted()) == 1
+
+
+def test_respond_async_is_queued_as_the_document_says(webhook, lancepilot):
+    answer = webhook.post(lancepilot_message(), headers={**bearer(), "prefer": "respond-async"})
+
+    assert answer.status == 202
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
+    assert answer.json["status"] == "queued"
+    assert lancepilot.received == []
 
 
 def test_unicode_text_arrives_intact(webhook, lancepilot):
@@ -178,6 +203,7 @@ def test_unauthenticated_requests_get_401_and_send_nothing(webhook, lancepilot, 
     answer = webhook.post(lancepilot_message(), headers=headers)
 
     assert answer.status == 401
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert "authenticated" in answer.json["message"]
     assert answer.headers["www-authenticate"].startswith("Bearer")
     assert lancepilot.received == []
@@ -213,6 +239,7 @@ def test_bad_signatures_get_401_and_send_nothing(webhook, lancepilot, case):
     answer = webhook.post(raw=body, headers=_bad_signatures(body)[case])
 
     assert answer.status == 401
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert lancepilot.received == []
 
 
@@ -233,6 +260,7 @@ def test_oversized_body_gets_413_before_authentication(webhook, lancepilot):
     answer = webhook.post(raw=body, headers={"content-type": "application/json"})
 
     assert answer.status == 413
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert lancepilot.received == []
 
 
@@ -240,6 +268,7 @@ def test_unauthenticated_caller_learns_nothing_about_the_body(webhook):
     answer = webhook.post(raw=b"{not json", headers={"content-type": "text/plain"})
 
     assert answer.status == 401
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
 
 
 def test_body_size_limit_is_64_kib_exactly(webhook, lancepilot):
@@ -252,6 +281,8 @@ def test_body_size_limit_is_64_kib_exactly(webhook, lancepilot):
 
     assert at_limit.status == 422  # read and judged: the text is too long
     assert over.status == 413
+    assert answer_problems(at_limit.status, at_limit.headers, at_limit.json) == []
+    assert answer_problems(over.status, over.headers, over.json) == []
     assert lancepilot.received == []
 
 
@@ -261,6 +292,8 @@ def test_bad_base64_is_400_only_for_an_authenticated_caller(webhook, lancepilot)
         event.update(body="not base64 at all!", isBase64Encoded=True, headers=headers)
         result = webhook.module.lambda_handler(event, LambdaContext())
         assert result["statusCode"] == status
+        answer_headers = {k.lower(): v for k, v in result["headers"].items()}
+        assert answer_problems(status, answer_headers, json.loads(result["body"])) == []
     assert lancepilot.received == []
 
 
@@ -271,6 +304,7 @@ def test_lone_surrogate_in_text_is_422(webhook, lancepilot):
     answer = webhook.post(raw=raw, headers=bearer())
 
     assert answer.status == 422
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert answer.json["errors"] == {"text": ["must be valid Unicode text"]}
     assert lancepilot.received == []
 
@@ -283,6 +317,7 @@ def test_non_json_content_type_gets_415(webhook, lancepilot, content_type):
     answer = webhook.post(lancepilot_message(), headers={**bearer(), "content-type": content_type})
 
     assert answer.status == 415
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert lancepilot.received == []
 
 
@@ -306,6 +341,7 @@ def test_malformed_bodies_get_400(webhook, lancepilot, raw):
     answer = webhook.post(raw=raw, headers=bearer(), base64_body=True)
 
     assert answer.status == 400
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert answer.json["message"]
     assert lancepilot.received == []
 
@@ -314,6 +350,7 @@ def test_invalid_message_gets_422_naming_every_bad_field(webhook, fluents):
     answer = webhook.post(event="http_post_invalid.json", headers=bearer())
 
     assert answer.status == 422
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert set(answer.json["errors"]) == {"to", "text", "workspace", "from", "colour"}
     assert answer.json["errors"]["colour"] == ["unknown field"]
     assert answer.json["errors"]["workspace"] == ["does not apply to provider fluents"]
@@ -377,6 +414,7 @@ def test_provider_refusal_is_502_with_its_status_and_text_and_not_retried(webhoo
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 502
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert answer.json["provider_status"] == 422
     assert answer.json["provider_error"]["errors"] == {"number": ["not on it"]}
     assert answer.json["id"]
@@ -392,6 +430,7 @@ def test_wrong_provider_token_is_a_502_naming_the_providers_401(webhook, aws, la
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 502
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert answer.json["provider_status"] == 401
     assert answer.json["provider_error"] == {"message": "Unauthenticated."}
     lancepilot.reset()  # the stand-in rightly recorded the bad token as a violation
@@ -407,6 +446,7 @@ def test_fluents_400_is_passed_on(webhook, fluents):
     answer = webhook.post(fluents_message(), headers=bearer())
 
     assert (answer.status, answer.json["provider_status"]) == (502, 400)
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert answer.json["provider_error"]["message"] == "to_number is invalid"
 
 
@@ -435,6 +475,7 @@ def test_every_provider_4xx_is_a_final_502(webhook, fluents, status):
     answer = webhook.post(fluents_message(), headers=bearer())
 
     assert (answer.status, answer.json["provider_status"]) == (502, status)
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert len(fluents.received) == 1
 
 
@@ -465,6 +506,7 @@ def test_unreadable_retry_after_on_the_final_answer_gets_the_default(webhook, la
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 503
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert answer.headers["retry-after"] == "10"
 
 
@@ -485,6 +527,7 @@ def test_provider_that_stays_down_gets_503_with_retry_after(webhook, lancepilot)
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 503
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert answer.json["provider_status"] == 502
     assert int(answer.headers["retry-after"]) >= 1
     assert len(lancepilot.received) == 4  # MAX_SEND_ATTEMPTS' default
@@ -496,6 +539,7 @@ def test_retry_after_beyond_the_budget_is_passed_to_the_caller_at_once(webhook, 
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 503
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert answer.headers["retry-after"] == "120"
     assert len(lancepilot.received) == 1
 
@@ -507,6 +551,7 @@ def test_unreachable_provider_is_503(relay_env, monkeypatch, lancepilot):
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 503
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert answer.json["message"] == "lancepilot is unavailable: could not connect"
     assert "retry-after" in answer.headers
 
@@ -517,6 +562,7 @@ def test_hanging_provider_gets_504_and_is_not_resent(webhook, lancepilot):
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 504
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert answer.json["message"].startswith("lancepilot gave no answer in time")
     assert "may or may not" in answer.json["message"]
     assert answer.json["status"] == "held"  # parked for review (tests/integration/test_held.py)
@@ -535,6 +581,7 @@ def test_dropped_connection_is_ambiguous_504_and_not_resent(webhook, lancepilot,
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 504
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert "connection dropped" in answer.json["message"]
     assert lancepilot.accepted() == []
     assert len(lancepilot.received) <= 1
@@ -551,7 +598,28 @@ def test_a_keyed_retry_of_a_504_gets_the_504_again_and_is_not_resent(webhook, la
     assert (in_doubt.status, retried.status) == (504, 504)
     assert retried.json == in_doubt.json
     assert retried.headers["idempotent-replayed"] == "true"
+    assert answer_problems(in_doubt.status, in_doubt.headers, in_doubt.json) == []
+    assert answer_problems(retried.status, retried.headers, retried.json) == []
     assert is_uuid(retried.json["id"])
+    assert len(lancepilot.received) == 1
+
+
+def test_a_repeat_while_the_first_is_being_sent_gets_409(webhook, aws, lancepilot):
+    lancepilot.enqueue(Fault.slow(0.4))  # under the 0.5 s read timeout of the tests
+    body = lancepilot_message(idempotency_key="k-in-progress")
+    answers = {}
+    first = threading.Thread(
+        target=lambda: answers.update(first=webhook.post(body, headers=bearer()))
+    )
+    first.start()
+    while not aws.dynamodb.scan(TableName=aws.table)["Items"]:  # the first holds the key
+        threading.Event().wait(0.01)
+
+    answer = webhook.post(body, headers=bearer())
+    first.join()
+
+    assert (answers["first"].status, answer.status) == (201, 409)
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert len(lancepilot.received) == 1
 
 
@@ -593,6 +661,7 @@ def test_every_answer_comes_within_the_lambdas_remaining_time(webhook, lancepilo
     )
 
     assert answer.status == 503
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert len(lancepilot.received) >= 2  # retried after the Retry-After, while time was left
     assert time.monotonic() - started < 3.0
 
@@ -606,6 +675,7 @@ def test_unreadable_auth_secret_fails_closed_with_503(webhook, aws, lancepilot):
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 503
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert lancepilot.received == []
 
 
@@ -615,6 +685,7 @@ def test_malformed_auth_secret_fails_closed_with_500(webhook, aws, lancepilot):
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 500
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert "auth secret" in answer.json["message"]
     assert lancepilot.received == []
 
@@ -625,6 +696,7 @@ def test_a_binary_auth_secret_fails_closed_with_500_not_a_retry(webhook, aws, la
     answer = webhook.post(lancepilot_message(), headers=bearer())
 
     assert answer.status == 500  # an operator must fix it: a 503 would invite futile retries
+    assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert "retry-after" not in answer.headers
     assert answer.json["message"] == "a relay secret holds no text"
     assert lancepilot.received == []
@@ -637,6 +709,8 @@ def test_a_secret_holding_null_is_cached_like_any_other(relay_env, aws, lancepil
     answers = [webhook.post(lancepilot_message(), headers=bearer()) for _ in range(3)]
 
     assert [a.status for a in answers] == [500, 500, 500]
+    for answer in answers:
+        assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert secret_reads.asked == [AUTH_SECRET]
 
 
@@ -656,6 +730,8 @@ def test_after_a_failed_secret_read_the_relay_holds_off_then_asks_again(
     assert [a.status for a in during] == [503, 503, 503]
     assert held.status == 503
     assert held.headers["retry-after"] == "5"
+    for answer in [*during, held]:
+        assert answer_problems(answer.status, answer.headers, answer.json) == []
     assert after.status == 201
     assert secret_reads.asked == [AUTH_SECRET, AUTH_SECRET, TOKENS_SECRET]
     assert len(lancepilot.received) == 1

@@ -40,6 +40,8 @@ def answer_problems(status: int, headers: dict[str, str], body: Any) -> list[str
     if status not in responses:
         return [f"status {status} is not documented"]
     documented = responses[status]
+    if documented.get("x-answered-by") == "api-gateway":  # e.g. 429: throttled before the relay
+        return [f"status {status} is API Gateway's own answer, never the relay's"]
     problems = []
     lowered = {name.lower(): value for name, value in headers.items()}
     for name, header in documented.get("headers", {}).items():

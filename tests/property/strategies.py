@@ -11,6 +11,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from relay.auth import sign
+from relay.intake import MAX_BODY_BYTES
 from relay.message import FIELDS
 from tests.conftest import API_KEY, SIGNING_SECRET, WORKSPACE
 
@@ -221,3 +222,29 @@ def http_requests(draw: st.DrawFn) -> tuple[dict[str, str], str, bool, str, byte
         return headers, encoded, True, credential, raw
     # API Gateway passes a text body as a str; undecodable bytes here become lone surrogates.
     return headers, raw.decode("utf-8", "surrogateescape"), False, credential, raw
+
+
+def oversized_request(
+    credential: str, *, base64_encoded: bool, damaged: bool = False
+) -> tuple[dict[str, str], str, bool, str, bytes]:
+    """A request as ``http_requests`` draws it whose body is one byte over the 64 KiB limit.
+
+    The body is a valid message padded with JSON whitespace, so without the size check it would
+    be delivered. ``credential`` is "bearer", "bad bearer" or "none"; ``damaged`` appends a
+    character base64 does not allow, so the body is sized from its encoded length.
+    """
+    message = json.dumps(
+        {"provider": "lancepilot", "to": VALID_NUMBERS[0], "text": "hi", "workspace": WORKSPACE}
+    ).encode()
+    raw = message + b" " * (MAX_BODY_BYTES + 1 - len(message))
+    headers = {"content-type": "application/json"}
+    if credential == "bearer":
+        headers["authorization"] = f"Bearer {API_KEY}"
+    elif credential == "bad bearer":
+        headers["authorization"] = f"Bearer x{API_KEY}"
+    elif credential != "none":
+        raise ValueError(f"no oversized request with credential {credential!r}")
+    if base64_encoded:
+        encoded = base64.b64encode(raw).decode() + ("!" if damaged else "")
+        return headers, encoded, True, credential, raw
+    return headers, raw.decode(), False, credential, raw
