@@ -3,11 +3,11 @@
     .venv/bin/python -m benchmarks.batch            # 5 repetitions, single provider and mixed
     .venv/bin/python -m benchmarks.batch --quick    # 1 repetition, one provider, 0 and 200 ms
 
-Both handlers get the same SQS event: real messages sent to and received from moto_server's
+All three handlers get the same SQS event: real messages sent to and received from moto_server's
 delivery queue (so receipt handles are real), shaped into Lambda records by
 ``relay_local.esm.event_record`` exactly as the local poller does. Only the handler call is
-timed. Each cell (messages x provider latency) runs the relay and the sequential pattern back
-to back, in alternating order, so both see the same background load.
+timed. Each cell (messages x provider latency) runs the relay, the sequential pattern and the
+bare sender back to back, in rotating order, so all see the same background load.
 
 The sequential pattern is what a user would otherwise write: ``BatchProcessor`` +
 ``process_partial_response``, and per record, one after another: the provider token from
@@ -15,6 +15,15 @@ Secrets Manager (read once, then cached), translation to the provider's document
 urllib3 POST to the sandbox provider, and Powertools idempotency on the same DynamoDB table
 (a conditional PutItem before the send, an UpdateItem after: the relay's own writes). It does
 not validate phone numbers, emit metrics or log; the relay does all three.
+
+The bare sender is the practical floor for the concurrency target: the relay's provider
+requests (``relay.providers.build_request``, with X-Relay-Id) and nothing else, POSTed with
+urllib3 through one PoolManager by ``limit`` threads per provider (the relay's per-provider
+limit), with no AWS call, validation, tracing, logging or metrics. Its time is what the
+stand-ins and HTTP on this machine allow at that limit; the relay cannot beat it.
+
+The verdicts on the issue's targets are stored in the JSON (``targets``) and printed from
+there; each names the DynamoDB mode it was measured with (moto_server, or stubbed).
 
 X-Ray is on, as deployed (Tracing: Active): the relay's Powertools Tracer is live and the X-Ray
 SDK sends its segments to a local UDP sink. The sequential pattern has no Tracer of its own (it
@@ -41,6 +50,7 @@ import logging
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import threading
@@ -67,10 +77,16 @@ if TYPE_CHECKING:
 
 SIZES = (1, 10, 100)
 LATENCIES_MS = (0, 50, 200)
-PATTERNS = ("relay", "sequential")
+PATTERNS = ("relay", "sequential", "bare")
 MIXES = ("single", "mixed")  # single: every message to Lancepilot; mixed: alternating providers
 FUNCTION_TIMEOUT_S = 60.0  # template.yaml's DeliveryFunction Timeout
 OUT = Path("benchmarks/results/batch.json")
+# The issue's targets: 10 messages at 200 ms within 1.5x one latency, at least 6x faster than the
+# sequential pattern; 100 messages bounded only by the concurrency limit. The issue gives that
+# last one no tolerance: it is held to the same 1.5x, of the concurrency bound and of the bare
+# sender (what that limit allows here).
+WITHIN = 1.5
+SPEEDUP = 6.0
 
 
 # --- the stack -----------------------------------------------------------------------------------
@@ -259,6 +275,65 @@ def sequential_function() -> Handler:
         return process_partial_response(
             event=event, record_handler=record_handler, processor=processor, context=context
         )
+
+    return lambda_handler
+
+
+def bare_function() -> Handler:
+    """The bare sender: the relay's provider requests at the relay's per-provider limit, no more.
+
+    Everything above ``lambda_handler`` is init, as for the other two: settings, pool, threads.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    import urllib3
+
+    from relay.config import PROVIDERS, Settings
+    from relay.message import Message
+    from relay.providers import build_request
+    from relay_local.stack import DEV_TOKENS
+
+    if TYPE_CHECKING:
+        from relay.providers import OutboundRequest
+
+    settings = Settings.from_env()  # the relay's: the stand-ins' URLs, the limit, the timeouts
+    limit = settings.provider_concurrency
+    # relay.transport.Transport's pool, so that both pay the same HTTP client costs.
+    http = urllib3.PoolManager(
+        num_pools=4,
+        maxsize=max(settings.max_connections, limit),
+        block=False,
+        retries=False,
+        timeout=urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout),
+        headers={"User-Agent": "webhook-relay/0.1"},
+    )
+    # `limit` threads per provider: never more in flight at one, as the relay's semaphores allow.
+    lanes = {p: ThreadPoolExecutor(limit, thread_name_prefix=f"bare-{p}") for p in PROVIDERS}
+
+    def send(request: OutboundRequest) -> bool:
+        answer = http.request("POST", request.url, body=request.body, headers=request.headers)
+        return 200 <= answer.status < 300
+
+    def sent(future: Future[bool]) -> bool:
+        return future.exception() is None and future.result()
+
+    def lambda_handler(event: dict[str, Any], context: Any) -> Any:
+        sends = []
+        for record in event["Records"]:
+            body = json.loads(record["body"])  # trusted: the benchmark wrote it
+            message = Message(
+                provider=body["provider"],
+                to=body["to"],
+                text=body["text"],
+                sender=settings.fluents_from_number,
+                workspace=settings.lancepilot_workspace_id,
+            )
+            # The stand-ins' tokens, as the secret holds them: no Secrets Manager call.
+            request = build_request(
+                message, DEV_TOKENS[message.provider], settings, relay_id=record["messageId"]
+            )
+            sends.append((record["messageId"], lanes[message.provider].submit(send, request)))
+        return {"batchItemFailures": [{"itemIdentifier": i} for i, s in sends if not sent(s)]}
 
     return lambda_handler
 
@@ -463,28 +538,33 @@ def measure(
         if dynamodb_ms is not None:
             StubbedDynamoDB(dynamodb_ms).attach()
         # Loaded after the stack is up: each reads its settings from the environment at init.
-        functions = {"relay": relay_function, "sequential": sequential_function}
+        functions = {
+            "relay": relay_function,
+            "sequential": sequential_function,
+            "bare": bare_function,
+        }
         handlers = {pattern: functions[pattern]() for pattern in patterns}
         bench = Bench(stack, tracing, sqs, aws, handlers, delivery_queue_arn(sqs, stack))
         limit = int(os.environ["PROVIDER_CONCURRENCY"])
 
-        # Warm both environments: secrets cached, threads started, a connection per concurrent
+        # Warm every environment: secrets cached, threads started, a connection per concurrent
         # send to each provider (40 mixed at 50 ms keeps 10 in flight per provider).
         for pattern in patterns:
-            bench.run(pattern, "mixed", 40 if pattern == "relay" else 2, 50, -1)
+            bench.run(pattern, "mixed", 2 if pattern == "sequential" else 40, 50, -1)
         bench.runs.clear()
 
         for rep in range(reps):
             for mix in mixes:
                 for latency in latencies:
-                    for size in sizes:
-                        order = patterns if (rep + size) % 2 == 0 else patterns[::-1]
-                        for pattern in order:
+                    for turn, size in enumerate(sizes):
+                        # Each pattern takes each place in turn: none always runs after another.
+                        first = (rep + turn) % len(patterns)
+                        for pattern in patterns[first:] + patterns[:first]:
                             run = bench.run(pattern, mix, size, latency, rep)
                             _progress(run)
     finally:
         stack.stop()
-    return {
+    result: dict[str, Any] = {
         "meta": {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             **_checkout(),
@@ -499,13 +579,18 @@ def measure(
             "dynamodb": "moto_server"
             if dynamodb_ms is None
             else f"stubbed: every call answered after {dynamodb_ms:g} ms, concurrently",
+            "dynamodb_ms": dynamodb_ms,
             "sequential": "BatchProcessor + process_partial_response; per record: token "
             "(Secrets Manager, cached), translate, urllib3 POST, Powertools idempotency "
             "(DynamoDB PutItem + UpdateItem)",
+            "bare": "per record: json.loads, relay.providers.build_request (X-Relay-Id), "
+            f"urllib3 POST through one PoolManager; {limit} threads per provider; no AWS calls",
         },
         "runs": [asdict(run) for run in bench.runs],
         "cells": summarise(bench.runs, limit),
     }
+    result["targets"] = verdicts(result)
+    return result
 
 
 def _checkout() -> dict[str, Any]:
@@ -535,7 +620,7 @@ def _checkout() -> dict[str, Any]:
 
 
 def summarise(runs: list[Run], limit: int) -> list[dict[str, Any]]:
-    """Medians per (mix, size, latency), both patterns side by side."""
+    """Medians per (mix, size, latency), the patterns side by side."""
     groups: dict[tuple[str, int, int], dict[str, list[Run]]] = defaultdict(
         lambda: defaultdict(list)
     )
@@ -544,9 +629,11 @@ def summarise(runs: list[Run], limit: int) -> list[dict[str, Any]]:
     cells = []
     for (mix, size, latency), by_pattern in sorted(groups.items(), key=_cell_order):
         relay, sequential = by_pattern.get("relay", []), by_pattern.get("sequential", [])
+        bare = by_pattern.get("bare", [])
         relay_ms = statistics.median(r.ms for r in relay) if relay else None
         sequential_ms = statistics.median(r.ms for r in sequential) if sequential else None
-        per_provider = (relay or sequential)[0].per_provider
+        bare_ms = statistics.median(r.ms for r in bare) if bare else None
+        per_provider = (relay or sequential or bare)[0].per_provider
         # The floor the per-provider limit allows: full waves of `limit` sends, one latency each.
         bound_ms = max(math.ceil(n / limit) for n in per_provider.values()) * latency
         cell: dict[str, Any] = {
@@ -556,26 +643,34 @@ def summarise(runs: list[Run], limit: int) -> list[dict[str, Any]]:
             "per_provider": per_provider,
             "relay_ms": _round(relay_ms),
             "sequential_ms": _round(sequential_ms),
+            "bare_ms": _round(bare_ms),
             "relay_runs_ms": [r.ms for r in relay],
             "sequential_runs_ms": [r.ms for r in sequential],
+            "bare_runs_ms": [r.ms for r in bare],
             "relay_over_sequential": _ratio(relay_ms, sequential_ms, 3),
             "speedup": _ratio(sequential_ms, relay_ms, 1),
+            "relay_over_bare": _ratio(relay_ms, bare_ms, 2),
             "bound_ms": bound_ms,
             "relay_over_bound": _ratio(relay_ms, bound_ms or None, 2),
             # One interpreter runs the batch on one core at a time (the GIL): the batch cannot
             # take less than the CPU it needs, whatever the limit allows.
             "relay_cpu_ms": _round(statistics.median(r.cpu_ms for r in relay)) if relay else None,
-            "peak_in_flight": {p: max(r.peak_in_flight[p] for r in relay) for p in per_provider}
-            if relay
-            else {},
+            "bare_cpu_ms": _round(statistics.median(r.cpu_ms for r in bare)) if bare else None,
+            "peak_in_flight": _peaks(relay, per_provider),
+            "bare_peak_in_flight": _peaks(bare, per_provider),
             "limit": limit,
-            "failed": sum(r.failed for r in relay + sequential),
+            "failed": sum(r.failed for r in relay + sequential + bare),
         }
-        for name, group in (("relay", relay), ("sequential", sequential)):
+        for name, group in (("relay", relay), ("sequential", sequential), ("bare", bare)):
             if group:
                 cell[f"{name}_timeline"] = _timeline(group)
         cells.append(cell)
     return cells
+
+
+def _peaks(runs: list[Run], per_provider: dict[str, int]) -> dict[str, int]:
+    """Most requests in flight at each provider the cell sent to, over all of its runs."""
+    return {p: max(r.peak_in_flight[p] for r in runs) for p in per_provider} if runs else {}
 
 
 def _timeline(runs: list[Run]) -> dict[str, Any]:
@@ -630,65 +725,199 @@ def _progress(run: Run) -> None:
 def table(result: dict[str, Any]) -> str:
     limit = result["meta"]["provider_concurrency"]
     lines = [
-        "| mix | messages | latency | relay | sequential | relay/seq | speed-up "
-        f"| peak in flight (limit {limit}) | bound | relay/bound |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        "| mix | messages | latency | relay | relay CPU | sequential | relay/seq | speed-up "
+        f"| bare | relay/bare | peak in flight (limit {limit}) | bound | relay/bound |",
+        "| --- " + "| ---: " * 9 + "| --- | ---: | ---: |",
     ]
     for c in result["cells"]:
         peaks = ", ".join(f"{p[:1].upper()} {n}" for p, n in c["peak_in_flight"].items())
         lines.append(
             f"| {c['mix']} | {c['size']} | {c['latency_ms']} ms | {_ms(c['relay_ms'])} "
+            f"| {_ms(c.get('relay_cpu_ms'))} "
             f"| {_ms(c['sequential_ms'])} | {_num(c['relay_over_sequential'])} "
-            f"| {_num(c['speedup'], 'x')} | {peaks} | {_ms(c['bound_ms'] or None)} "
+            f"| {_num(c['speedup'], 'x')} | {_ms(c.get('bare_ms'))} "
+            f"| {_num(c.get('relay_over_bare'))} | {peaks or '-'} | {_ms(c['bound_ms'] or None)} "
             f"| {_num(c['relay_over_bound'])} |" + (f" FAILED {c['failed']}" if c["failed"] else "")
         )
     return "\n".join(lines)
 
 
-def targets(result: dict[str, Any]) -> str:
-    cells = {(c["mix"], c["size"], c["latency_ms"]): c for c in result["cells"]}
-    out = []
-    # With DynamoDB stubbed the figures show moto's share; the targets are judged on moto.
-    stubbed = result["meta"].get("dynamodb", "moto_server") != "moto_server"
-    if stubbed:
-        out.append(f"- DynamoDB {result['meta']['dynamodb']}: no target verdicts")
-    ten = cells.get(("single", 10, 200))
-    if ten and ten["relay_ms"] is not None:
-        verdict = (
-            ""
-            if stubbed
-            else ", target ≤ 300 ms: " + ("met" if ten["relay_ms"] <= 300 else "missed")
+def dynamodb_mode(meta: dict[str, Any]) -> str:
+    """What answered DynamoDB: ``moto_server`` or ``stubbed N ms``, for the verdicts' basis."""
+    described: str = meta.get("dynamodb", "moto_server")
+    if described == "moto_server":
+        return described
+    ms = meta.get("dynamodb_ms")
+    if ms is None:  # written before dynamodb_ms was kept: "stubbed: ... after 5 ms, ..."
+        found = re.search(r"after ([\d.]+) ms", described)
+        return f"stubbed {found.group(1)} ms" if found else "stubbed"
+    return f"stubbed {ms:g} ms"
+
+
+def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, judged on the cells that were measured.
+
+    Judged whatever answered DynamoDB: each verdict's basis names it, so a reader (and the docs)
+    can tell a moto_server verdict from a stubbed one. Each has ``target``, ``cell``,
+    ``measured``, ``bound`` (what it is held to, ``op`` saying which way), ``ratio`` (measured /
+    bound), ``met`` and ``basis``. Times are the relay's median, held to ``floor`` x
+    ``tolerance`` (``of_floor``: measured / floor); ``runs_over`` and ``worst_ms`` say how often
+    single runs missed what the median met.
+    """
+    mode = dynamodb_mode(result["meta"])
+    limit = result["meta"]["provider_concurrency"]
+    out: list[dict[str, Any]] = []
+
+    def within(target: str, cell: dict[str, Any], floor: float, what: str, extra: str) -> None:
+        runs = cell["relay_runs_ms"]
+        measured, bound = statistics.median(runs), floor * WITHIN
+        over = sum(ms > bound for ms in runs)
+        out.append(
+            {
+                "target": target,
+                "cell": _where(cell),
+                "measured": round(measured, 1),
+                "unit": "ms",
+                "op": "<=",
+                "bound": round(bound, 1),
+                "ratio": round(measured / bound, 3),
+                "met": measured <= bound,
+                "floor": round(floor, 1),
+                "tolerance": WITHIN,
+                "of_floor": round(measured / floor, 2),
+                "runs": len(runs),
+                "runs_over": over,
+                "worst_ms": max(runs),
+                "dynamodb": mode,
+                "basis": f"DynamoDB {mode}; relay median of {_runs(runs)} against "
+                f"{WITHIN:g}x {what}, {_ms(floor)}: {measured / floor:.2f}x it; {over} of "
+                f"{len(runs)} runs over {_ms(bound)}, the slowest {_ms(max(runs))}" + extra,
+            }
         )
-        out.append(f"- 10 messages at 200 ms: {ten['relay_ms']} ms{verdict}")
-        if ten["speedup"] is not None:
-            verdict = "met" if ten["speedup"] >= 6 else "missed"
-            out.append(
-                f"- against the sequential pattern: {ten['speedup']}x, target ≥ 6x: {verdict}"
+
+    for mix in MIXES:
+        cell = _cell(result, mix, 10, 200)
+        if cell and cell["relay_runs_ms"]:
+            within(
+                f"10 messages at 200 ms within {WITHIN:g}x one provider latency",
+                cell,
+                200,
+                "one provider latency",
+                "",
             )
     for mix in MIXES:
-        for latency in LATENCIES_MS:
-            hundred = cells.get((mix, 100, latency))
-            if hundred and hundred["relay_over_bound"] is not None:
-                cpu = hundred.get("relay_cpu_ms")
-                floor = max(hundred["bound_ms"], cpu or 0)
-                out.append(
-                    f"- 100 messages at {latency} ms ({mix}): {hundred['relay_ms']} ms, "
-                    f"{hundred['relay_over_bound']}x the concurrency bound "
-                    f"({hundred['bound_ms']} ms); the batch's CPU here {cpu} ms, "
-                    f"{_ratio(hundred['relay_ms'], floor, 2)}x the larger of the two"
-                )
-    limit = result["meta"]["provider_concurrency"]
-    peaks = [n for c in result["cells"] for n in c["peak_in_flight"].values()]
-    if peaks:
-        over = [c for c in result["cells"] if any(n > limit for n in c["peak_in_flight"].values())]
-        verdict = "respected" if not over else f"OVER LIMIT in {len(over)} cells"
+        cell = _cell(result, mix, 10, 200)
+        if cell and cell["relay_runs_ms"] and cell["sequential_runs_ms"]:
+            relay, sequential = cell["relay_runs_ms"], cell["sequential_runs_ms"]
+            speedup = statistics.median(sequential) / statistics.median(relay)
+            # Each rep ran both patterns back to back: the least of those pairs' speed-ups.
+            pairs = [s / r for s, r in zip(sequential, relay, strict=False)]
+            out.append(
+                {
+                    "target": f"10 messages at 200 ms at least {SPEEDUP:g}x faster than the "
+                    "sequential pattern",
+                    "cell": _where(cell),
+                    "measured": round(speedup, 2),
+                    "unit": "x",
+                    "op": ">=",
+                    "bound": SPEEDUP,
+                    "ratio": round(speedup / SPEEDUP, 3),
+                    "met": speedup >= SPEEDUP,
+                    "runs": len(relay),
+                    "worst": round(min(pairs), 2),
+                    "dynamodb": mode,
+                    "basis": f"DynamoDB {mode}; sequential median "
+                    f"({_ms(statistics.median(sequential))}, {_runs(sequential)}) over relay "
+                    f"median ({_ms(statistics.median(relay))}, {_runs(relay)}); the least of "
+                    f"one rep's pair {min(pairs):.1f}x",
+                }
+            )
+    for cell in result["cells"]:
+        if cell["size"] != 100 or not cell["relay_runs_ms"]:
+            continue
+        target = "100 messages bounded only by the concurrency limit"
+        cpu = f"; the batch's CPU {_ms(cell['relay_cpu_ms'])}" if cell.get("relay_cpu_ms") else ""
+        if cell["bound_ms"]:  # at 0 ms the limit allows any time: nothing to judge against
+            within(
+                f"{target}: within {WITHIN:g}x the concurrency bound",
+                cell,
+                cell["bound_ms"],
+                f"the concurrency bound (ceil(messages per provider / {limit}) x latency)",
+                cpu,
+            )
+        if cell.get("bare_runs_ms"):
+            bare = cell["bare_runs_ms"]
+            within(
+                f"{target}: within {WITHIN:g}x the bare sender",
+                cell,
+                statistics.median(bare),
+                f"the bare sender's median of {_runs(bare)} in the same benchmark",
+                cpu + f", the bare sender's {_ms(cell.get('bare_cpu_ms'))}",
+            )
+    # Wherever one provider gets at least `limit` messages the limit can bind: it must hold.
+    for cell in result["cells"]:
+        peaks = cell["peak_in_flight"]
+        if peaks and max(cell["per_provider"].values()) >= limit:
+            most = max(peaks.values())
+            out.append(
+                {
+                    "target": f"at most {limit} requests in flight per provider",
+                    "cell": _where(cell),
+                    "measured": most,
+                    "unit": "",
+                    "op": "<=",
+                    "bound": limit,
+                    "ratio": round(most / limit, 3),
+                    "met": most <= limit,
+                    "runs": len(cell["relay_runs_ms"]),
+                    "dynamodb": mode,
+                    "basis": f"DynamoDB {mode}; the most at each provider over the relay's "
+                    f"{_runs(cell['relay_runs_ms'])}: "
+                    + ", ".join(f"{p} {n}" for p, n in peaks.items()),
+                }
+            )
+    return out
+
+
+def _cell(result: dict[str, Any], mix: str, size: int, latency: int) -> dict[str, Any] | None:
+    return next(
+        (
+            c
+            for c in result["cells"]
+            if (c["mix"], c["size"], c["latency_ms"]) == (mix, size, latency)
+        ),
+        None,
+    )
+
+
+def _runs(runs: list[Any]) -> str:
+    return f"{len(runs)} run" + ("" if len(runs) == 1 else "s")
+
+
+def _where(cell: dict[str, Any]) -> dict[str, Any]:
+    return {"mix": cell["mix"], "size": cell["size"], "latency_ms": cell["latency_ms"]}
+
+
+def targets(result: dict[str, Any]) -> str:
+    """The stored verdicts (judged anew for results written before they were stored), then
+    where the time went in the relay's median run at 200 ms."""
+    stored = result.get("targets")
+    out = []
+    for v in verdicts(result) if stored is None else stored:
+        where, unit = v["cell"], v["unit"]
+        measured, bound = (
+            (_ms(v["measured"]), _ms(v["bound"]))
+            if unit == "ms"
+            else (_num(v["measured"], unit), _num(v["bound"], unit))
+        )
         out.append(
-            f"- per-provider limit {limit}: most requests in flight at one provider {max(peaks)}, "
-            f"limit {verdict}"
+            f"- {'met' if v['met'] else 'MISSED'}: {v['target']} [{where['mix']}, "
+            f"{where['size']} msgs, {where['latency_ms']} ms]: {measured} "
+            f"{'≤' if v['op'] == '<=' else '≥'} {bound}; {v['basis']}"
         )
     for mix in MIXES:
         for size in (10, 100):
-            cell = cells.get((mix, size, 200))
+            cell = _cell(result, mix, size, 200)
             timeline = cell and cell.get("relay_timeline")
             if timeline:
                 calls = ", ".join(
@@ -749,7 +978,9 @@ def main() -> None:
         default=True,
         help="X-Ray on, as deployed (Tracing: Active; the default)",
     )
-    parser.add_argument("--patterns", type=_csv(str), default=PATTERNS, help="relay,sequential")
+    parser.add_argument(
+        "--patterns", type=_csv(str), default=PATTERNS, help="relay,sequential,bare"
+    )
     parser.add_argument(
         "--dynamodb-ms",
         type=float,

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 IN = Path("benchmarks/results/batch.json")
 OUT = Path("docs/performance-batch.png")
 WIDTH_PX, HEIGHT_PX, DPI = 900, 420, 100  # readable at 900 px: the docs' column width
-RELAY, SEQUENTIAL, BOUND = "#1f6fb4", "#d0632b", "#7a7a7a"
+RELAY, SEQUENTIAL, BOUND, BARE = "#1f6fb4", "#d0632b", "#7a7a7a", "#2e8b57"
 
 
 def draw(result: dict[str, Any], out: Path) -> Path:
@@ -43,7 +43,9 @@ def draw(result: dict[str, Any], out: Path) -> Path:
         _panel(ax, [c for c in cells if c["latency_ms"] == latency], latency)
     axes[0][0].set_ylabel("batch time (log scale)")
     handles, labels = axes[0][-1].get_legend_handles_labels()
+    # Three columns; the bare sender's lines (results since it was added) take a third row.
     fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False, fontsize=9)
+    bottom = 0.13 if len(handles) <= 6 else 0.18
     runs = "run" if meta["reps"] == 1 else "runs"
     fig.suptitle(
         f"SQS batch: relay vs sequential BatchProcessor (median of {meta['reps']} {runs}, "
@@ -55,13 +57,13 @@ def draw(result: dict[str, Any], out: Path) -> Path:
     fig.text(
         0.5,
         0.915,
-        f"{_machine(meta.get('machine'))}, moto_server for AWS, {meta.get('date', '')[:10]}, "
+        f"{_machine(meta.get('machine'))}, {_dynamodb(meta)}, {meta.get('date', '')[:10]}, "
         f"load average {load} at the start",
         ha="center",
         fontsize=8,
         color=BOUND,
     )
-    fig.tight_layout(rect=(0, 0.13, 1, 0.92))
+    fig.tight_layout(rect=(0, bottom, 1, 0.92))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI)
     plt.close(fig)
@@ -100,6 +102,17 @@ def _panel(ax: Axes, cells: list[dict[str, Any]], latency: int) -> None:
                             va="center",
                             fontsize=8,
                         )
+    for mix in mixes:  # the bare sender: what the stand-ins and HTTP allow at the same limit
+        sizes, ms = series(mix, "bare_ms")  # absent from results written before it was added
+        if sizes:
+            ax.plot(
+                sizes,
+                ms,
+                linestyle="--" if mix == "single" else "-.",
+                linewidth=0.9,
+                color=BARE,
+                label="bare sender, " + ("one provider" if mix == "single" else "both providers"),
+            )
     if latency:
         for mix in mixes:  # both providers share the messages: each has half, its own limit
             bound = sorted((c["size"], c["bound_ms"]) for c in cells if c["mix"] == mix)
@@ -126,6 +139,14 @@ def _machine(machine: dict[str, Any] | str | None) -> str:
     if not isinstance(machine, dict):  # results written before the machine was recorded
         return machine or ""
     return f"{machine['system']}, {machine['cpu']}, {machine['cpus']} cores"
+
+
+def _dynamodb(meta: dict[str, Any]) -> str:
+    """What answered the relay's DynamoDB calls: moto_server unless the run stubbed them."""
+    if meta.get("dynamodb", "moto_server") == "moto_server":
+        return "moto_server for AWS"
+    ms = meta.get("dynamodb_ms")
+    return "DynamoDB stubbed" + (f" at {ms:g} ms" if ms is not None else "")
 
 
 def _duration(ms: float, _position: float) -> str:
