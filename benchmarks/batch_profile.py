@@ -6,7 +6,8 @@ At 50 ms to both providers the 100-message cell misses "bounded only by the conc
 even with moto_server's writes taken out, with about as much CPU as the bound's time
 (docs/performance.md, 3): this says what that CPU is. cProfile inflates code that makes many
 small calls (botocore's parameter validation showed 12 % here, yet turning it off saved nothing
-measurable: results/ab/), so weigh a share by an A/B run before acting on it. CPython 3.11 only: from 3.12 one profiler may be active at a time. The delivery
+measurable: results/ab/), so weigh a share by an A/B run before acting on it. CPython 3.11
+only: from 3.12 one profiler may be active at a time. The delivery
 function runs here as benchmarks.batch runs it (its stack, X-Ray on as deployed, DynamoDB
 answered by ``StubbedDynamoDB``) with a cProfile per thread (``threading.setprofile``: the
 lanes' threads as they start, and the handler's own around each call), timed by the thread's

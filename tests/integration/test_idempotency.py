@@ -20,6 +20,7 @@ from tests.conftest import (
     fluents_message,
     lancepilot_message,
 )
+from tests.property.openapi import answer_problems
 
 
 def queued(aws) -> list[dict]:
@@ -92,6 +93,8 @@ def test_a_request_still_in_progress_gets_409(webhook, aws, lancepilot):
     assert answers["first"].status == 201
     assert answers["second"].status == 409
     assert answers["second"].headers["retry-after"] == "1"
+    second = answers["second"]
+    assert answer_problems(second.status, second.headers, second.json) == []
     assert len(lancepilot.received) == 1
 
 

@@ -34,13 +34,23 @@ def _responses() -> dict[int, dict[str, Any]]:
     return {int(status): answer for status, answer in operation["responses"].items()}
 
 
+def gateway_statuses() -> frozenset[int]:
+    """The statuses the document gives as API Gateway's own answers (``x-answered-by:
+    api-gateway``, e.g. its 429 when throttled): documented for callers, never the relay's."""
+    return frozenset(s for s, answer in _responses().items() if _from_gateway(answer))
+
+
+def _from_gateway(answer: dict[str, Any]) -> bool:
+    return answer.get("x-answered-by") == "api-gateway"
+
+
 def answer_problems(status: int, headers: dict[str, str], body: Any) -> list[str]:
     """Where an answer departs from the document: status, required headers, body schema."""
     responses = _responses()
     if status not in responses:
         return [f"status {status} is not documented"]
     documented = responses[status]
-    if documented.get("x-answered-by") == "api-gateway":  # e.g. 429: throttled before the relay
+    if _from_gateway(documented):  # e.g. 429: throttled before the relay
         return [f"status {status} is API Gateway's own answer, never the relay's"]
     problems = []
     lowered = {name.lower(): value for name, value in headers.items()}
