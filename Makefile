@@ -91,8 +91,8 @@ bench: $(BENCH_STAMP) ## benchmarks and chart for docs/performance.md (about 50 
 		if "$$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null; \
 		then found=$$candidate; break; fi; \
 	done; \
-	if [ -z "$$found" ]; then echo "bench: no CPython 3.13 (set PYTHON313=...): no 3.13 cold start"; \
-		rm -f benchmarks/results/cold_start-py313.json; \
+	if [ -z "$$found" ]; then echo "bench: no CPython 3.13 (set PYTHON313=...): NOT refreshed:" \
+		"benchmarks/results/cold_start-py313.json (its meta.commit says which run it is)" >&2; \
 	else set -x; $(BIN)/python -m benchmarks.cold_start --python "$$found" \
 		--out benchmarks/results/cold_start-py313.json; fi
 	$(BIN)/python -m benchmarks.warm
