@@ -71,6 +71,17 @@ def cut_off_mid_send(aws, key: str, body: dict) -> None:
     store.save_inprogress(request, remaining_time_in_millis=0)  # the invocation's time is up
 
 
+def queued_then_cut_off(aws, relay_id: str, body: dict) -> None:
+    """``body`` queued under ``relay_id``, received once by an invocation that died mid-send,
+    and visible again at once, as when its visibility timeout has ended."""
+    send(aws, body, RelayId=relay_id)
+    [dead] = received_records(aws, 1)
+    cut_off_mid_send(aws, relay_id, body)
+    aws.sqs.change_message_visibility(
+        QueueUrl=aws.queue_url, ReceiptHandle=dead["receiptHandle"], VisibilityTimeout=0
+    )
+
+
 @pytest.fixture
 def dynamodb_calls(relay_env):
     """The DynamoDB operations the handlers make, in order (clients created after this)."""
@@ -277,12 +288,7 @@ def test_a_send_cut_off_mid_flight_then_a_refusal_is_parked_as_possibly_delivere
     # receive 3, the last, a refusal. Only the marker written on receive 2 can tell it.
     lancepilot.enqueue(*[Fault.status(503)] * 4, Fault.status(422, REFUSAL))
     body = lancepilot_message()
-    send(aws, body, RelayId="relay-g")
-    [dead] = received_records(aws, 1)
-    cut_off_mid_send(aws, "relay-g", body)
-    aws.sqs.change_message_visibility(
-        QueueUrl=aws.queue_url, ReceiptHandle=dead["receiptHandle"], VisibilityTimeout=0
-    )
+    queued_then_cut_off(aws, "relay-g", body)
 
     delivery.drain(idle_seconds=2.2, limit_s=20)
 
@@ -303,12 +309,7 @@ def test_a_send_cut_off_mid_flight_is_counted_as_ambiguous_when_its_redelivery_f
     # Only the redelivery learns that the dead invocation's send may have gone out: it counts
     # the ambiguous send (the resend it makes may be a duplicate) and delivers.
     body = lancepilot_message()
-    send(aws, body, RelayId="relay-m")
-    [dead] = received_records(aws, 1)
-    cut_off_mid_send(aws, "relay-m", body)
-    aws.sqs.change_message_visibility(
-        QueueUrl=aws.queue_url, ReceiptHandle=dead["receiptHandle"], VisibilityTimeout=0
-    )
+    queued_then_cut_off(aws, "relay-m", body)
     capsys.readouterr()
 
     delivery.drain(idle_seconds=1.2, limit_s=20)
