@@ -50,7 +50,6 @@ import logging
 import math
 import os
 import platform
-import re
 import statistics
 import subprocess
 import threading
@@ -744,14 +743,8 @@ def table(result: dict[str, Any]) -> str:
 
 def dynamodb_mode(meta: dict[str, Any]) -> str:
     """What answered DynamoDB: ``moto_server`` or ``stubbed N ms``, for the verdicts' basis."""
-    described: str = meta.get("dynamodb", "moto_server")
-    if described == "moto_server":
-        return described
     ms = meta.get("dynamodb_ms")
-    if ms is None:  # written before dynamodb_ms was kept: "stubbed: ... after 5 ms, ..."
-        found = re.search(r"after ([\d.]+) ms", described)
-        return f"stubbed {found.group(1)} ms" if found else "stubbed"
-    return f"stubbed {ms:g} ms"
+    return "moto_server" if ms is None else f"stubbed {ms:g} ms"
 
 
 def verdicts(result: dict[str, Any]) -> list[dict[str, Any]]:
