@@ -28,6 +28,39 @@ metrics = Metrics(namespace=NAMESPACE)  # carries the ColdStart metric
 # A no-op when POWERTOOLS_TRACE_DISABLED is set (locally, in tests).
 tracer = Tracer(patch_modules=["botocore"])
 
+
+def _parse_trace_header_once() -> None:
+    """Have the X-Ray SDK parse Lambda's trace header once per invocation, not per lookup.
+
+    Its LambdaContext parses ``_X_AMZN_TRACE_ID`` afresh on every lookup of the current entity:
+    26 times a webhook message, a quarter of what tracing costs (docs/performance.md).
+    This subclass skips the parse while the header and the thread's segment are the ones it
+    last checked, which is when the SDK's own check would keep the segment anyway.
+    """
+    if tracer.disabled:
+        return
+    from aws_xray_sdk.core import xray_recorder
+    from aws_xray_sdk.core.lambda_launcher import LAMBDA_TRACE_HEADER_KEY, LambdaContext
+
+    if type(xray_recorder.context) is not LambdaContext:
+        return  # not in Lambda (or already replaced): nothing to speed up
+
+    class HeaderOnceContext(LambdaContext):  # type: ignore[misc]
+        def _refresh_context(self) -> None:
+            header = os.environ.get(LAMBDA_TRACE_HEADER_KEY)
+            local = self._local
+            checked = getattr(local, "checked", None)
+            segment = getattr(local, "segment", None)
+            if checked and segment is not None and checked[1] is segment and checked[0] == header:
+                return
+            super()._refresh_context()
+            local.checked = (header, getattr(local, "segment", None))
+
+    xray_recorder.context = HeaderOnceContext()
+
+
+_parse_trace_header_once()
+
 # urllib3 logs retried URLs at WARNING, and Lancepilot's URL holds the recipient's number.
 # The relay logs its own retries, masked, instead.
 logging.getLogger("urllib3").setLevel(logging.ERROR)
