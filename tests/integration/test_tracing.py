@@ -9,15 +9,17 @@ is then read back: the right trace, the right parent, nothing missing.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
+import uuid
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
-
-import pytest
 
 from tests.conftest import REPO, TOKENS, load_event
 
@@ -36,12 +38,20 @@ with mock_aws():
                       DEAD_LETTER_QUEUE_URL=made.dlq_url)
     os.environ.pop("_X_AMZN_TRACE_ID", None)  # Lambda sets none during init
     functions = {name: load_function(name).lambda_handler for name in ("webhook", "delivery")}
+    from aws_xray_sdk.core import xray_recorder
+    from aws_xray_sdk.core.models.trace_header import TraceHeader
+    parse, parses = TraceHeader.from_header_str, []
+    def counted(header):  # the SDK's own parse, counted
+        parses[-1] += 1
+        return parse(header)
+    TraceHeader.from_header_str = counted
     answers = []
     for function, header, event in spec["invocations"]:
         os.environ["_X_AMZN_TRACE_ID"] = header  # as Lambda sets it before each invocation
+        parses.append(0)
         answers.append(functions[function](event, LambdaContext()))
-    from aws_xray_sdk.core import xray_recorder
-    print(json.dumps({"answers": answers, "context": type(xray_recorder.context).__name__}))
+    context = type(xray_recorder.context).__name__
+    print(json.dumps({"answers": answers, "context": context, "parses": parses}))
 """
 
 
@@ -50,25 +60,37 @@ def header(number: int) -> tuple[str, str, str]:
     return f"Root={root};Parent={parent};Sampled=1", root, parent
 
 
-@pytest.fixture
-def daemon() -> Iterator[socket.socket]:
-    """A UDP socket where the X-Ray daemon would listen."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        yield sock
+class Daemon:
+    """A UDP socket where the X-Ray daemon would listen, read by a thread as datagrams come."""
 
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.datagrams: list[bytes] = []
+        self._done = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-def documents(sock: socket.socket) -> list[dict[str, Any]]:
-    """Every segment document sent so far: a JSON header line, then the document."""
-    sock.settimeout(0.5)
-    found = []
-    try:
-        while True:
-            head, _, body = sock.recv(65536).decode().partition("\n")
+    def _read(self) -> None:
+        while not self._done.is_set():
+            try:
+                self.datagrams.append(self.sock.recv(65536))
+            except TimeoutError:
+                continue
+
+    def documents(self) -> list[dict[str, Any]]:
+        """Every segment document received: a JSON header line, then the document."""
+        time.sleep(0.3)  # the last datagrams, sent just before the sender exited
+        self._done.set()
+        self._reader.join()
+        self.sock.close()
+        found = []
+        for datagram in self.datagrams:
+            head, _, body = datagram.decode().partition("\n")
             assert json.loads(head) == {"format": "json", "version": 1}
             found.append(json.loads(body))
-    except TimeoutError:
         return found
 
 
@@ -79,13 +101,27 @@ def flatten(document: dict[str, Any], parent_id: str | None = None) -> Iterator[
         yield from flatten({**child, "trace_id": document["trace_id"]}, document["id"])
 
 
-def test_each_invocation_traces_to_its_own_trace(relay_env, daemon):
+def another_batch(batch: dict[str, Any]) -> dict[str, Any]:
+    """The same messages as new SQS messages, under new idempotency keys: sent again."""
+    batch = copy.deepcopy(batch)
+    for record in batch["Records"]:
+        record["messageId"] = str(uuid.uuid4())
+        body = json.loads(record["body"])
+        if "idempotency_key" in body:
+            body["idempotency_key"] += "-again"
+        record["body"] = json.dumps(body)
+        record.get("messageAttributes", {}).pop("RelayId", None)
+    return batch
+
+
+def test_each_invocation_traces_to_its_own_trace(relay_env):
+    daemon = Daemon()
     paths = [str(REPO / "layers" / "relay"), str(REPO / "local")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     env.pop("POWERTOOLS_TRACE_DISABLED")  # Tracing: Active, as the template deploys it
     env["LAMBDA_TASK_ROOT"] = str(REPO / "functions")  # the SDK's sign that it is in Lambda
-    env["AWS_XRAY_DAEMON_ADDRESS"] = f"127.0.0.1:{daemon.getsockname()[1]}"
-    traces = [header(n) for n in (1, 2, 3)]
+    env["AWS_XRAY_DAEMON_ADDRESS"] = daemon.address
+    traces = [header(n) for n in (1, 2, 3, 4)]
     batch = load_event("sqs_mixed_batch.json")
     posts = [load_event("http_post_lancepilot.json"), load_event("http_post_fluents.json")]
     for number, post in enumerate(posts):  # keyed: the idempotency record's two writes
@@ -94,6 +130,7 @@ def test_each_invocation_traces_to_its_own_trace(relay_env, daemon):
         ["webhook", traces[0][0], posts[0]],
         ["webhook", traces[1][0], posts[1]],
         ["delivery", traces[2][0], batch],  # its sends run on the batch's lane threads
+        ["delivery", traces[3][0], another_batch(batch)],  # on the same threads, kept warm
     ]
     done = subprocess.run(
         [sys.executable, "-c", _INVOKE, json.dumps({"tokens": TOKENS, "invocations": invocations})],
@@ -106,11 +143,13 @@ def test_each_invocation_traces_to_its_own_trace(relay_env, daemon):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.splitlines()[-1])
     assert result["context"] == "HeaderOnceContext"
-    webhook_answers, delivery_answer = result["answers"][:2], result["answers"][2]
-    assert [answer["statusCode"] for answer in webhook_answers] == [201, 201]
+    answers = result["answers"]
+    assert [answer["statusCode"] for answer in answers[:2]] == [201, 201]
+    # Parsed once per thread that traces in an invocation, not on each lookup (26 a message).
+    assert result["parses"][:2] == [1, 1]
 
     by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for document in documents(daemon):
+    for document in daemon.documents():
         for entity in flatten(document):
             by_trace[entity["trace_id"]].append(entity)
     assert set(by_trace) == {root for _, root, _ in traces}  # no stray or mixed-up trace
@@ -129,9 +168,10 @@ def test_each_invocation_traces_to_its_own_trace(relay_env, daemon):
         }
         assert all(not entity.get("in_progress") for entity in entities)
 
-    # The batch: one Lancepilot and one Fluents message, and one invalid (dead-lettered unsent).
-    assert delivery_answer == {"batchItemFailures": []}
-    sends = [entity for entity in by_trace[traces[2][1]] if entity["name"].endswith(" send")]
-    assert sorted(entity["name"] for entity in sends) == ["## fluents send", "## lancepilot send"]
-    # Sent from the batch's lane threads, each of which found the invocation's trace itself.
-    assert {entity["parent_id"] for entity in sends} == {traces[2][2]}
+    # Each batch: one Lancepilot and one Fluents message, and one invalid (dead-lettered unsent).
+    for (_, root, parent), answer in zip(traces[2:], answers[2:], strict=True):
+        assert answer == {"batchItemFailures": []}
+        sends = [entity for entity in by_trace[root] if entity["name"].endswith(" send")]
+        assert sorted(e["name"] for e in sends) == ["## fluents send", "## lancepilot send"]
+        # From the lane threads, each of which found the invocation's trace itself.
+        assert {entity["parent_id"] for entity in sends} == {parent}
