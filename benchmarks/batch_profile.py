@@ -1,21 +1,20 @@
 """Where a batch's CPU goes: the delivery function's 100-message batch, every thread profiled.
 
-    python -m benchmarks.profile batch    # mixed, 50 ms, DynamoDB stubbed at 5 ms, 5 batches
+    python -m benchmarks.profile batch    # mixed, 50 ms, DynamoDB stand-in at 5 ms, 5 batches
 
-At 50 ms to both providers the 100-message cell misses "bounded only by the concurrency limit"
-even with moto_server's writes taken out, with about as much CPU as the bound's time
-(docs/performance.md, 3): this says what that CPU is. cProfile inflates code that makes many
+At 50 ms to both providers the 100-message cell needs about as much CPU as its concurrency
+bound allows it time (docs/performance.md, 3): this says what that CPU is. cProfile inflates code that makes many
 small calls (botocore's parameter validation showed 12 % here, yet turning it off saved nothing
 measurable: results/ab/), so weigh a share by an A/B run before acting on it. CPython 3.11
-only: from 3.12 one profiler may be active at a time. The delivery
-function runs here as benchmarks.batch runs it (its stack, X-Ray on as deployed, DynamoDB
-answered by ``StubbedDynamoDB``) with a cProfile per thread (``threading.setprofile``: the
-lanes' threads as they start, and the handler's own around each call), timed by the thread's
-CPU clock, so a thread waiting on the provider costs nothing. Self time is summed per area (the
-package a function's file is in); a C function's (``~``) goes to its callers, in proportion to
-the calls each made. The first batch (40 messages, as benchmarks.batch warms up) is counted
-too: the lanes' threads start in it. cProfile's own overhead is in every figure, so the shares,
-not the milliseconds, are the result; benchmarks.batch measures the CPU without a profiler.
+only: from 3.12 one profiler may be active at a time. The delivery function runs here as
+benchmarks.batch runs it (its stack, X-Ray on as deployed, DynamoDB answered by its stand-in,
+benchmarks/_dynamodb.py) with a cProfile per thread (``threading.setprofile``: the lanes'
+threads as they start, and the handler's own around each call), timed by the thread's CPU clock,
+so a thread waiting on the provider costs nothing. Self time is summed per area (the package a
+function's file is in); a C function's (``~``) goes to its callers, in proportion to the calls
+each made. The first batch (40 messages, as benchmarks.batch warms up) is counted too: the
+lanes' threads start in it. cProfile's own overhead is in every figure, so the shares, not the
+milliseconds, are the result; benchmarks.batch measures the CPU without a profiler.
 """
 
 from __future__ import annotations
@@ -31,12 +30,12 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmarks._dynamodb import DynamoDBProcess
 from benchmarks._stack import markdown_table, write_result
 from benchmarks.batch import (
     _DEVNULL,
     AwsCalls,
     Bench,
-    StubbedDynamoDB,
     delivery_queue_arn,
     relay_function,
     start_stack,
@@ -65,7 +64,7 @@ AREAS = (
     ("/urllib3/", "urllib3"),
     ("/phonenumbers/", "phonenumbers"),
     ("/jmespath/", "jmespath"),
-    ("/benchmarks/", "benchmark (the DynamoDB stub)"),
+    ("/benchmarks/", "benchmark"),
     ("/relay_local/", "local runner"),
     ("/json/", "stdlib json"),
     ("/logging/", "stdlib logging"),
@@ -154,11 +153,12 @@ def profile_batch(messages: int, latency_ms: int, mix: str, batches: int) -> dic
     load_before = os.getloadavg()
     profiles = ThreadProfiles()
     stack = start_stack(tracing=True)
+    dynamodb = DynamoDBProcess("127.0.0.1", 5.0)
     try:
         sqs = boto3.client("sqs")
         aws = AwsCalls()  # the benchmark's instrumentation stays, so the figures compare
         aws.attach()
-        StubbedDynamoDB(5.0).attach()
+        os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = dynamodb.url  # before the handler's clients
         profiles.follow_new_threads()  # before the handler loads: its lanes start later
         handler = relay_function()
         bench = Bench(stack, True, sqs, aws, {"relay": handler}, delivery_queue_arn(sqs, stack))
@@ -177,6 +177,7 @@ def profile_batch(messages: int, latency_ms: int, mix: str, batches: int) -> dic
             aws.take()
             bench._delete(handles)
     finally:
+        dynamodb.stop()
         stack.stop()
     stats = profiles.stats()
     total = sum(sizes)
@@ -192,7 +193,8 @@ def profile_batch(messages: int, latency_ms: int, mix: str, batches: int) -> dic
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "cell": {"messages": messages, "latency_ms": latency_ms, "mix": mix},
         "batches": sizes,
-        "dynamodb": "stubbed: every call answered after 5 ms, concurrently",
+        "dynamodb": "stand-in (benchmarks/_dynamodb.py, over HTTP): every call answered {} "
+        "after 5 ms, concurrently",
         "tracing": True,
         "profiled_cpu_ms": round(cpu * 1000, 1),
         "profiled_cpu_ms_per_message": round(cpu * 1000 / total, 3),

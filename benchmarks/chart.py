@@ -146,7 +146,8 @@ def _dynamodb(meta: dict[str, Any]) -> str:
     if meta.get("dynamodb", "moto_server") == "moto_server":
         return "moto_server for AWS"
     ms = meta.get("dynamodb_ms")
-    return "DynamoDB stubbed" + (f" at {ms:g} ms" if ms is not None else "")
+    what = "DynamoDB stand-in" if meta.get("dynamodb_over_http") else "DynamoDB stubbed"
+    return what + (f" at {ms:g} ms" if ms is not None else "")
 
 
 def _duration(ms: float, _position: float) -> str:
