@@ -2,11 +2,11 @@
 
     python -m benchmarks.profile batch    # mixed, 50 ms, DynamoDB stand-in at 5 ms, 5 batches
 
-At 50 ms to both providers the 100-message cell needs about as much CPU as its concurrency
-bound allows it time (docs/performance.md, 3): this says what that CPU is. cProfile inflates code that makes many
-small calls (botocore's parameter validation showed 12 % here, yet turning it off saved nothing
-measurable: results/ab/), so weigh a share by an A/B run before acting on it. CPython 3.11
-only: from 3.12 one profiler may be active at a time. The delivery function runs here as
+At 50 ms to both providers the 100-message cell needs more CPU than its concurrency bound allows
+it time (docs/performance.md, 3): this says what that CPU is. cProfile inflates code that makes
+many small calls (botocore's parameter validation showed 12 % here, yet turning it off saved
+nothing measurable: results/ab/), so weigh a share by an A/B run before acting on it. CPython
+3.11 only: from 3.12 one profiler may be active at a time. The delivery function runs here as
 benchmarks.batch runs it (its stack, X-Ray on as deployed, DynamoDB answered by its stand-in,
 benchmarks/_dynamodb.py) with a cProfile per thread (``threading.setprofile``: the lanes'
 threads as they start, and the handler's own around each call), timed by the thread's CPU clock,
