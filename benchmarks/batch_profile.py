@@ -153,8 +153,9 @@ def profile_batch(messages: int, latency_ms: int, mix: str, batches: int) -> dic
     load_before = os.getloadavg()
     profiles = ThreadProfiles()
     stack = start_stack(tracing=True)
-    dynamodb = DynamoDBProcess("127.0.0.1", 5.0)
+    dynamodb: DynamoDBProcess | None = None
     try:
+        dynamodb = DynamoDBProcess("127.0.0.1", 5.0)
         sqs = boto3.client("sqs")
         aws = AwsCalls()  # the benchmark's instrumentation stays, so the figures compare
         aws.attach()
@@ -177,7 +178,8 @@ def profile_batch(messages: int, latency_ms: int, mix: str, batches: int) -> dic
             aws.take()
             bench._delete(handles)
     finally:
-        dynamodb.stop()
+        if dynamodb is not None:
+            dynamodb.stop()
         stack.stop()
     stats = profiles.stats()
     total = sum(sizes)

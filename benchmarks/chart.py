@@ -142,7 +142,7 @@ def _machine(machine: dict[str, Any] | str | None) -> str:
 
 
 def _dynamodb(meta: dict[str, Any]) -> str:
-    """What answered the relay's DynamoDB calls: moto_server unless the run stubbed them."""
+    """What answered the relay's DynamoDB calls: moto_server, the stand-in or an older stub."""
     if meta.get("dynamodb", "moto_server") == "moto_server":
         return "moto_server for AWS"
     ms = meta.get("dynamodb_ms")

@@ -1,8 +1,9 @@
-"""The relay's AWS clients as they go on the wire: bounded, and on the hot path a fixed User-Agent.
+"""The relay's AWS clients as they go on the wire: on the per-message path, a fixed User-Agent.
 
 botocore rebuilds its User-Agent twice a call; the clients called for every message (DynamoDB,
-SQS) are given one built once (relay.secrets.pooled). The header each request carries is read
-at botocore's last step before sending, with moto answering.
+SQS) are given one built once (relay.secrets.pooled). Each client here is the relay's own,
+made by its own classes from a boto3 session whose requests are read at botocore's last step
+before sending, with moto answering.
 """
 
 from __future__ import annotations
@@ -11,48 +12,52 @@ from typing import Any
 
 import boto3
 import botocore
-from moto import mock_aws
 
-from relay.secrets import FAST_FAIL, HOT_PATH_USER_AGENT, pooled
+from relay.idempotency import Idempotency
+from relay.queues import Queues
+from relay.secrets import HOT_PATH_USER_AGENT, SecretsManagerStore
+from relay_local.lambda_runtime import LambdaContext
+from tests.conftest import TOKENS_SECRET
 
 
-def user_agents(client: Any, call: str, **params: Any) -> list[str]:
-    """The User-Agent of every request ``client.<call>(**params)`` sent."""
-    seen: list[str] = []
+def watched_session() -> tuple[boto3.session.Session, list[tuple[str, str]]]:
+    """A session whose clients report (service, User-Agent) of every request they send."""
+    session = boto3.session.Session(region_name="us-east-1")
+    sent: list[tuple[str, str]] = []
 
     def capture(request: Any, **_: Any) -> None:
-        value = request.headers["User-Agent"]
-        seen.append(value.decode() if isinstance(value, bytes) else value)
+        agent = request.headers["User-Agent"]
+        service = request.url.split("//", 1)[1].split(".", 1)[0]
+        sent.append((service, agent.decode() if isinstance(agent, bytes) else agent))
 
-    client.meta.events.register("before-send", capture)
-    getattr(client, call)(**params)
-    return seen
-
-
-def test_per_message_clients_send_the_fixed_user_agent_and_stay_bounded():
-    with mock_aws():
-        session = boto3.session.Session(region_name="us-east-1")
-        dynamodb = session.client("dynamodb", config=pooled(20))
-        sqs = session.client("sqs", config=pooled(20))
-
-        # boto3's session appends its Botocore/<version> (and Powertools, once loaded, its PT/).
-        fixed = f"{HOT_PATH_USER_AGENT} Botocore/{botocore.__version__}"
-        [from_dynamodb] = user_agents(dynamodb, "list_tables")
-        [from_sqs] = user_agents(sqs, "list_queues")
-        assert from_dynamodb.startswith(fixed)
-        assert from_sqs.startswith(fixed)
-        config = dynamodb.meta.config
-        assert (config.connect_timeout, config.read_timeout) == (1.0, 2.0)
-        assert config.retries["total_max_attempts"] == 2
-        assert config.max_pool_connections == 20
+    session.events.register("before-send", capture)  # copied into every client made after
+    return session, sent
 
 
-def test_secrets_manager_keeps_botocores_own_user_agent():
-    with mock_aws():
-        client = boto3.session.Session(region_name="us-east-1").client(
-            "secretsmanager", config=FAST_FAIL
-        )
+def test_the_per_message_clients_send_the_fixed_user_agent(aws):
+    session, sent = watched_session()
+    queues = Queues(session, aws.queue_url, aws.dlq_url, threads=4)
+    idempotency = Idempotency(session, aws.table, ttl_seconds=3600, threads=4)
+    idempotency.start_invocation(LambdaContext())  # as each handler does
 
-        [agent] = user_agents(client, "list_secrets")
-        assert agent.startswith("Boto3/") or agent.startswith("Botocore/")
-        assert "webhook-relay" not in agent
+    queues.enqueue('{"provider": "fluents"}', {"RelayId": "r-1"})
+    once = idempotency.once(lambda request: {"sent": request["key"]})
+    assert once(request={"key": "ua-test", "message": {"text": "hi"}}) == {"sent": "ua-test"}
+
+    # boto3's session appends its Botocore/<version> (and Powertools, once loaded, its PT/).
+    fixed = f"{HOT_PATH_USER_AGENT} Botocore/{botocore.__version__}"
+    assert {service for service, _ in sent} == {"sqs", "dynamodb"}
+    assert len(sent) >= 3  # SendMessage; the record written, then completed
+    assert all(agent.startswith(fixed) for _, agent in sent), sent
+
+
+def test_secrets_manager_keeps_botocores_own_user_agent(aws):
+    session, sent = watched_session()
+    store = SecretsManagerStore(session, max_age=300)
+
+    assert store.get_json(TOKENS_SECRET)
+
+    [(service, agent)] = sent
+    assert service == "secretsmanager"
+    assert agent.startswith(("Boto3/", "Botocore/"))
+    assert "webhook-relay" not in agent
