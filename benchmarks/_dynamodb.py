@@ -18,7 +18,9 @@ import subprocess
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+
+from benchmarks import spawn
+from relay_local.stack import end
 
 
 class _Answer(BaseHTTPRequestHandler):
@@ -57,12 +59,7 @@ class DynamoDBProcess:
     """The parent's side: start the stand-in, read its URL, stop it."""
 
     def __init__(self, host: str, delay_ms: float) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._dynamodb", host, str(delay_ms)],
-            cwd=Path(__file__).resolve().parents[1],  # the repository: benchmarks is a package
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        self._process = spawn("_dynamodb", host, str(delay_ms), stdout=subprocess.PIPE)
         assert self._process.stdout is not None
         self.url = self._process.stdout.readline().strip()
         if not self.url:
@@ -73,12 +70,7 @@ class DynamoDBProcess:
         return self._process.pid
 
     def stop(self) -> None:
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        end(self._process)
 
 
 if __name__ == "__main__":

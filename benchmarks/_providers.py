@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import IO, Any, TypedDict
+
+from benchmarks import spawn
 
 
 class Stats(TypedDict):
@@ -73,12 +74,8 @@ class ProviderProcess:
     """The parent's side: start the process, ask it, stop it."""
 
     def __init__(self, host: str, latency: float) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._providers", host, str(latency)],
-            cwd=Path(__file__).resolve().parents[1],  # the repository: benchmarks is a package
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+        self._process = spawn(
+            "_providers", host, str(latency), stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         self.base_urls: dict[str, str] = self._read()["base_urls"]
 

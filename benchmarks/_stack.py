@@ -77,6 +77,7 @@ from typing import TYPE_CHECKING, Any
 
 from benchmarks._providers import ProviderProcess
 from relay_local.checkout import revision
+from relay_local.stack import end
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -248,8 +249,7 @@ class BenchStack:
             self.providers.stop()
             self.providers = None
         if self._moto is not None:
-            self._moto.terminate()
-            self._moto.wait(timeout=10)
+            end(self._moto)
             self._moto = None
         if self._xray is not None:
             self._xray.close()

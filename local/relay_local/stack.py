@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from relay_local import resources
 from relay_local.apigw import HttpApi
@@ -137,14 +137,18 @@ class DevStack:
         for sandbox in self.sandboxes.values():
             sandbox.stop()
         if self._moto is not None:
-            self._moto.terminate()
-            try:
-                self._moto.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                # Seen once at the end of a 50,000-message soak: moto_server took SIGTERM and
-                # did not exit within 10 s. Nothing of it is needed any more.
-                self._moto.kill()
-                self._moto.wait()
+            end(self._moto)
+
+
+def end(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``: seen once at the end of a
+    50,000-message soak, moto_server took SIGTERM and did not exit within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def start_moto_server(host: str, port: int = 0) -> tuple[subprocess.Popen[bytes], int]:
