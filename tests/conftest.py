@@ -248,7 +248,7 @@ def handler_session() -> boto3.session.Session:
 def failing_aws_call() -> Any:
     """Make the next AWS call of a kind fail, at botocore's boundary, for clients created after.
 
-    ``failing_aws_call("dynamodb.UpdateItem")`` fails the next UpdateItem once, as a DynamoDB
+    ``failing_aws_call("dynamodb.PutItem")`` fails the next PutItem once, as a DynamoDB
     hiccup would.
     """
     from botocore.exceptions import ClientError

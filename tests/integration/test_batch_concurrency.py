@@ -38,9 +38,9 @@ def _run_batch(
 
 @pytest.fixture
 def completion_writes() -> Any:
-    """Each PutItem and UpdateItem takes 0.25 s more, as a network round trip would; yields
-    when each UpdateItem (a delivery's completion write) ended, in ``time.monotonic()``
-    (clients created after: load the handler once this is set up)."""
+    """Each PutItem and BatchWriteItem takes 0.25 s more, as a network round trip would; yields
+    when each BatchWriteItem (deliveries' completion writes, grouped) ended, in
+    ``time.monotonic()`` (clients created after: load the handler once this is set up)."""
     events = handler_session().events
     ended: list[float] = []
 
@@ -52,8 +52,8 @@ def completion_writes() -> Any:
 
     hooks = [
         ("before-call.dynamodb.PutItem", wait),
-        ("before-call.dynamodb.UpdateItem", wait),
-        ("after-call.dynamodb.UpdateItem", done),
+        ("before-call.dynamodb.BatchWriteItem", wait),
+        ("after-call.dynamodb.BatchWriteItem", done),
     ]
     for name, hook in hooks:
         events.register(name, hook)

@@ -396,7 +396,7 @@ def test_a_refused_message_can_be_sent_again_after_a_fix(delivery, aws, lancepil
 def test_an_unsaved_success_record_does_not_send_the_message_again(
     relay_env, failing_aws_call, aws, lancepilot
 ):
-    failing_aws_call("dynamodb.UpdateItem")
+    failing_aws_call("dynamodb.BatchWriteItem")
     delivery = EventSourceMapping(
         aws.sqs, aws.queue_url, load_function("delivery").lambda_handler, wait_seconds=0
     )

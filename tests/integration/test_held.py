@@ -240,7 +240,7 @@ def test_a_failed_record_save_after_holding_still_answers_held(
     relay_env, failing_aws_call, aws, lancepilot
 ):
     # The message is parked; only the record of that could not be written.
-    failing_aws_call("dynamodb.UpdateItem")
+    failing_aws_call("dynamodb.BatchWriteItem")
     webhook = Webhook(load_function("webhook"))
     lancepilot.enqueue(Fault.hang(1.5))
 

@@ -64,7 +64,10 @@ def _secret_arn(response: Any) -> str:
 
 
 def _table_arn(response: Any) -> str:
-    name = response._get_param("TableName")
+    # BatchWriteItem names its table (AWS authorizes each one) as a key of RequestItems.
+    name = response._get_param("TableName") or next(
+        iter(response._get_param("RequestItems") or {}), None
+    )
     try:
         return str(response.dynamodb_backend.get_table(name).table_arn)
     except Exception:  # not a table (CreateTable, ListTables): no resource-scoped grant applies
@@ -253,7 +256,8 @@ def load_as(role: Role, name: str, monkeypatch: pytest.MonkeyPatch) -> Function:
             params = json.loads(context.get("iam_test_body") or b"{}")
         except ValueError:
             return "?"
-        return str(params.get("SecretId") or params.get("TableName") or params.get("QueueUrl"))
+        table = params.get("TableName") or next(iter(params.get("RequestItems") or {}), None)
+        return str(params.get("SecretId") or table or params.get("QueueUrl"))
 
     def remember_body(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         context["iam_test_body"] = params.get("body")
@@ -350,7 +354,7 @@ def test_the_webhook_role_is_enough_to_send_now_replay_and_answer_from_the_recor
     body = lancepilot_message(idempotency_key="iam-sync-1")
 
     with enable_iam_authentication():
-        first = post(body, headers=bearer())  # both secrets, PutItem, UpdateItem
+        first = post(body, headers=bearer())  # both secrets, PutItem, BatchWriteItem
         again = post(body, headers=bearer())  # the record, returned by the refused put
         queued_again = post(body, headers=ASYNC)  # GetItem: the delivery's record answers
 
@@ -413,7 +417,7 @@ def test_the_webhook_role_is_enough_to_hold_an_unanswered_send(
     lancepilot.enqueue(Fault.hang(1.5))
 
     with enable_iam_authentication():
-        held = post(body, headers=bearer())  # SendMessage to the DLQ, UpdateItem: kept
+        held = post(body, headers=bearer())  # SendMessage to the DLQ, BatchWriteItem: kept
         again = post(body, headers=bearer())  # the record, returned by the refused put
 
     assert not denials(webhook), denials(webhook)

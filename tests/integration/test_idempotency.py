@@ -197,7 +197,7 @@ def test_other_preferences_do_not_make_it_async(webhook, lancepilot):
 def test_an_unsaved_success_record_does_not_turn_a_delivery_into_an_error(
     relay_env, failing_aws_call, lancepilot
 ):
-    failing_aws_call("dynamodb.UpdateItem")  # Powertools saves "completed" with UpdateItem
+    failing_aws_call("dynamodb.BatchWriteItem")  # the relay saves "completed" grouped
     webhook = Webhook(load_function("webhook"))
 
     answer = webhook.post(lancepilot_message(idempotency_key="k-unsaved"), headers=bearer())
@@ -375,7 +375,7 @@ def test_an_async_retry_after_the_invocation_timed_out_unrecorded_is_sent_once(
 ):
     # SendMessage went through, the "completed" write did not: the record stays in progress
     # until the invocation's time is up, as when the Lambda times out right after queueing.
-    failing_aws_call("dynamodb.UpdateItem")
+    failing_aws_call("dynamodb.BatchWriteItem")
     webhook = Webhook(load_function("webhook"))
     body = lancepilot_message(idempotency_key="k-timed-out")
     first = webhook.post(body, headers=ASYNC, context=LambdaContext(timeout_s=2))

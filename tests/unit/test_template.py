@@ -205,7 +205,7 @@ XRAY_ACTIONS = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
 ITEM_ACTIONS = [
     "dynamodb:GetItem",
     "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
+    "dynamodb:BatchWriteItem",
     "dynamodb:DeleteItem",
 ]
 

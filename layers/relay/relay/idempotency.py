@@ -37,6 +37,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS
 
 from relay.errors import DependencyUnavailable, InvalidMessage, ProviderTimeout, RelayError
+from relay.group_write import GroupWriter
 from relay.observability import logger
 from relay.secrets import pooled
 
@@ -100,7 +101,7 @@ class Idempotency:
             response_hook=_mark_replayed,
         )
         # Powertools keeps the key prefix on the persistence layer itself.
-        self._store = DynamoDBPersistenceLayer(table_name=table, boto3_client=client)
+        self._store = _GroupedCompletions(table_name=table, boto3_client=client)
         self._store.configure(self.config, key_prefix=DELIVER)
 
     def start_invocation(self, context: LambdaContext) -> None:
@@ -248,6 +249,31 @@ class Idempotency:
             return self._store.get_record(request)
         except (IdempotencyItemNotFoundError, IdempotencyValidationError):
             return None
+
+
+class _GroupedCompletions(DynamoDBPersistenceLayer):
+    """Powertools' DynamoDB store, with COMPLETED records written in groups (relay.group_write).
+
+    Powertools' UpdateItem sets the answer, expiry, status and payload hash; the put writes the
+    same attributes and the key, dropping only ``in_progress_expiration``, which Powertools reads
+    of INPROGRESS records alone. Neither is conditional. Claims and deletions stay one call each:
+    a claim's condition needs PutItem, and a deletion is a failure's, rare.
+    """
+
+    def __init__(self, table_name: str, boto3_client: Any) -> None:
+        super().__init__(table_name=table_name, boto3_client=boto3_client)
+        self._completions = GroupWriter(boto3_client.batch_write_item, table_name, [self.key_attr])
+
+    def _update_record(self, data_record: DataRecord) -> None:
+        item = {
+            **self._get_key(data_record.idempotency_key),
+            self.expiry_attr: {"N": str(data_record.expiry_timestamp)},
+            self.data_attr: {"S": data_record.response_data},
+            self.status_attr: {"S": data_record.status},
+        }
+        if self.payload_validation_enabled:
+            item[self.validation_key_attr] = {"S": data_record.payload_hash}
+        self._completions.put(item)
 
 
 def _marker_key(key: str) -> str:
