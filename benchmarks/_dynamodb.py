@@ -5,9 +5,10 @@
 moto_server answers a batch's writes one at a time (one lock, one GIL), so against it a
 100-message batch waits on moto, not on the providers' concurrency limit. DynamoDB answers many
 calls at once. This answers every request in its own thread, after ``delay ms`` (a round trip),
-with ``{}``: what PutItem and UpdateItem return on success, and every key in the benchmark is
-fresh, so every conditional write succeeds. The clients still do all their own work (parameter
-validation, serialising, SigV4 signing, HTTP on a kept-alive connection, parsing the answer);
+with ``{}``: what PutItem and UpdateItem return on success, and BatchWriteItem with nothing left
+unprocessed; every key in the benchmark is fresh, so every conditional write succeeds. The
+clients still do all their own work (parameter validation where they make it, serialising,
+SigV4 signing, HTTP on a kept-alive connection, parsing the answer);
 only the table is missing. It checks nothing: it is a clock, not a model. Its own process, so
 its CPU is not the handler's (as the provider stand-ins, benchmarks/_providers.py).
 """

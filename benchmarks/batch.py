@@ -13,7 +13,8 @@ The sequential pattern is what a user would otherwise write: ``BatchProcessor`` 
 ``process_partial_response``, and per record, one after another: the provider token from
 Secrets Manager (read once, then cached), translation to the provider's documented request, a
 urllib3 POST to the sandbox provider, and Powertools idempotency on the same DynamoDB table
-(a conditional PutItem before the send, an UpdateItem after: the relay's own writes). It does
+(a conditional PutItem before the send, an UpdateItem after, as Powertools makes them; the
+relay makes the same claim, and writes its completions in groups, relay.group_write). It does
 not validate phone numbers, emit metrics or log; the relay does all three.
 
 The bare sender is the practical floor for the concurrency target: the relay's provider
