@@ -17,8 +17,9 @@ wall time. Two views keep that honest:
 * CPU ms per message of the handler process: moto runs in its own process and the providers in
   this one, so their work is not in it; this is the relay's own cost against the floor's;
 * relay - floor, per message: the backends are the same on both sides, so they cancel in the
-  difference: both make the same AWS calls per message (a conditional PutItem before the send
-  and an UpdateItem after it, every key being fresh; the relay reads no record before a send).
+  difference: both make two AWS calls per message, every key being fresh (a conditional PutItem
+  before the send; after it, the floor's UpdateItem, the relay's one-item BatchWriteItem, as one
+  message at a time finds no write in flight to join; the relay reads no record before a send).
 """
 
 from __future__ import annotations

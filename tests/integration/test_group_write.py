@@ -2,13 +2,12 @@
 
 A put returns only once its own item is in the table; writers that arrive while a write is in
 flight share the next BatchWriteItem; a failed or throttled write reaches every writer it left
-unwritten, and only those.
+unwritten, and only those; nothing that escapes a write leaves a writer waiting.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,47 +15,64 @@ from typing import Any
 import boto3
 import pytest
 
+from relay import group_write
 from relay.group_write import MAX_GROUP, GroupWriter, NotWritten
 from relay_local.lambda_runtime import LambdaContext, load_function
 from tests.conftest import handler_session, lancepilot_message, received_records
 
 
 class Calls:
-    """Each BatchWriteItem a client makes, by its items' ids, at botocore's boundary; each waits
-    ``delay`` first, as a network round trip would. ``answer`` may stand in for DynamoDB."""
+    """Each BatchWriteItem a client makes, by its items' ids, at botocore's boundary.
 
-    def __init__(self, client: Any, delay: float = 0.05) -> None:
+    ``answer(call_number, requests)`` may stand in for DynamoDB: None lets moto answer, a
+    ``(http, parsed)`` pair is the answer, and what it raises is the call's error.
+    """
+
+    def __init__(self, client: Any) -> None:
         self.groups: list[list[str]] = []
-        self.delay = delay
         self.answer: Any = None
         client.meta.events.register("before-call.dynamodb.BatchWriteItem", self._before)
 
     def _before(self, params: dict[str, Any], **_: Any) -> Any:
         [requests] = json.loads(params["body"])["RequestItems"].values()
-        self.groups.append([r["PutRequest"]["Item"]["id"]["S"] for r in requests])
-        time.sleep(self.delay)
-        return self.answer(requests) if self.answer else None
+        self.groups.append([_id(r["PutRequest"]["Item"]) for r in requests])
+        return self.answer(len(self.groups), requests) if self.answer else None
 
 
-def _item(key: str) -> dict[str, Any]:
-    return {"id": {"S": key}, "status": {"S": "COMPLETED"}}
+def _id(item: dict[str, Any]) -> str:
+    return str(item["id"]["S"])
 
 
-def _put_at_once(writer: GroupWriter, keys: list[str], read: Any) -> dict[str, Any]:
-    """Each key put from its own thread, all released together; per key, what the put raised
-    (None) and whether the item was readable the moment the put returned."""
-    start = threading.Barrier(len(keys))
+def _item(key: str, status: str = "COMPLETED") -> dict[str, Any]:
+    return {"id": {"S": key}, "status": {"S": status}}
 
-    def put(key: str) -> Any:
-        start.wait()
+
+def _queued(writer: GroupWriter, count: int) -> None:
+    """Hold the first call until ``count`` writers wait behind it: so they arrive together
+    however slowly this machine starts threads (the queue is the writer's own)."""
+    limit = time.monotonic() + 10
+    while len(writer._pending) < count:
+        assert time.monotonic() < limit, "the writers never queued"
+        time.sleep(0.005)
+
+
+def _put_at_once(writer: GroupWriter, items: list[dict[str, Any]], read: Any) -> list[Any]:
+    """Each item put from its own thread, the first alone, the rest once its call has begun; per
+    item, what the put raised, or whether the item was readable the moment the put returned."""
+
+    def put(item: dict[str, Any]) -> Any:
         try:
-            writer.put(_item(key))
+            writer.put(item)
         except NotWritten as error:
             return error
-        return read(key)
+        return read(_id(item))
 
-    with ThreadPoolExecutor(len(keys)) as pool:
-        return dict(zip(keys, pool.map(put, keys), strict=True))
+    with ThreadPoolExecutor(len(items)) as pool:
+        first = pool.submit(put, items[0])
+        while not writer._busy:
+            time.sleep(0.001)
+        rest = [pool.submit(put, item) for item in items[1:]]
+        return [first.result(), *(follower.result() for follower in rest)]
 
 
 @pytest.fixture
@@ -70,25 +86,29 @@ def table(aws: Any) -> Any:
     return client, aws.table, read
 
 
+def _writer(table: Any) -> GroupWriter:
+    client, name, _ = table
+    return GroupWriter(client.batch_write_item, name, ["id"])
+
+
 def test_writers_that_arrive_together_share_calls_and_each_returns_once_written(
     table: Any,
 ) -> None:
-    client, name, read = table
-    calls = Calls(client)
+    client, _, read = table
+    calls, writer = Calls(client), _writer(table)
+    calls.answer = lambda n, _: _queued(writer, 39) if n == 1 else None
     keys = [f"k{i}" for i in range(40)]
 
-    outcome = _put_at_once(GroupWriter(client.batch_write_item, name, ["id"]), keys, read)
+    outcome = _put_at_once(writer, [_item(k) for k in keys], read)
 
-    assert outcome == dict.fromkeys(keys, True)  # every put's item was there when it returned
+    assert outcome == [True] * 40  # every put's item was there when it returned
+    assert [len(group) for group in calls.groups] == [1, MAX_GROUP, 39 - MAX_GROUP]
     assert sorted(k for group in calls.groups for k in group) == sorted(keys)  # each once
-    assert len(calls.groups) < len(keys) / 4  # the first alone, then the rest in groups
-    assert max(len(group) for group in calls.groups) == MAX_GROUP
 
 
 def test_a_lone_writer_writes_at_once(table: Any) -> None:
-    client, name, read = table
-    calls = Calls(client, delay=0)
-    writer = GroupWriter(client.batch_write_item, name, ["id"])
+    client, _, read = table
+    calls, writer = Calls(client), _writer(table)
 
     for key in ("a", "b"):
         writer.put(_item(key))
@@ -98,61 +118,167 @@ def test_a_lone_writer_writes_at_once(table: Any) -> None:
     assert read("b")
 
 
-def test_a_failed_call_reaches_each_writer_it_carried_and_the_next_group_still_writes(
-    table: Any,
-) -> None:
-    client, name, read = table
-    calls = Calls(client)
-    failed: list[list[str]] = []
+def test_a_failed_call_reaches_exactly_the_writers_it_carried(table: Any) -> None:
+    client, _, read = table
+    calls, writer = Calls(client), _writer(table)
 
-    def first_call_fails(requests: list[dict[str, Any]]) -> Any:
-        if not failed:
-            failed.append([r["PutRequest"]["Item"]["id"]["S"] for r in requests])
+    def second_call_fails(n: int, _: Any) -> None:
+        if n == 1:
+            _queued(writer, 9)
+        else:
             raise ConnectionResetError("injected")
-        return None  # moto writes them
 
-    calls.answer = first_call_fails
+    calls.answer = second_call_fails
     keys = [f"k{i}" for i in range(10)]
 
-    outcome = _put_at_once(GroupWriter(client.batch_write_item, name, ["id"]), keys, read)
+    outcome = _put_at_once(writer, [_item(k) for k in keys], read)
 
-    [carried] = failed
-    assert all(isinstance(outcome[key], NotWritten) for key in carried)
-    assert {key: outcome[key] for key in keys if key not in carried} == {
-        key: True for key in keys if key not in carried
-    }
-    assert len(calls.groups) == 2
+    assert calls.groups == [keys[:1], keys[1:]]
+    assert outcome[0] is True
+    assert all(isinstance(error, NotWritten) for error in outcome[1:])
+    assert not any(read(k) for k in keys[1:])
 
 
-def test_throttled_items_are_tried_again_and_only_those_never_written_fail(table: Any) -> None:
+def test_throttled_items_fail_their_writers_alone(table: Any) -> None:
     client, name, read = table
-    calls = Calls(client, delay=0)
-    stubborn = "always-throttled"
+    calls, writer = Calls(client), _writer(table)
 
-    def throttle(requests: list[dict[str, Any]]) -> Any:
-        # DynamoDB's answer: the requests it did not process, for the caller to send again.
-        left = [r for r in requests if r["PutRequest"]["Item"]["id"]["S"] in (stubborn, "once")]
-        if len(calls.groups) > 1:
-            left = [r for r in left if r["PutRequest"]["Item"]["id"]["S"] == stubborn]
+    def throttle_b(n: int, requests: list[dict[str, Any]]) -> Any:
+        if n == 1:
+            return _queued(writer, 3)
+        # DynamoDB's answer: what it did not process, for the caller to send again.
+        left = [r for r in requests if _id(r["PutRequest"]["Item"]) == "b"]
         for request in requests:
             if request not in left:
                 client.put_item(TableName=name, Item=request["PutRequest"]["Item"])
         http = type("Http", (), {"status_code": 200, "headers": {}})()
-        return http, {"UnprocessedItems": {name: left} if left else {}}
+        return http, {"UnprocessedItems": {name: left}}
 
-    calls.answer = throttle
-    writer = GroupWriter(client.batch_write_item, name, ["id"])
-    outcome: dict[str, Any] = {}
-    for key in ("once", stubborn):
+    calls.answer = throttle_b
+
+    outcome = _put_at_once(writer, [_item(k) for k in ("lead", "a", "b", "c")], read)
+
+    assert calls.groups == [["lead"], ["a", "b", "c"]]  # not sent again: see relay.group_write
+    assert [type(o).__name__ for o in outcome] == ["bool", "bool", "NotWritten", "bool"]
+    assert not read("b")
+
+
+def test_a_later_put_of_the_same_key_in_one_group_wins(table: Any) -> None:
+    client, name, _ = table
+    calls, writer = Calls(client), _writer(table)
+    calls.answer = lambda n, _: _queued(writer, 2) if n == 1 else None
+
+    def put(status: str) -> Any:
+        try:
+            writer.put(_item("same", status))
+        except NotWritten as error:
+            return str(error)
+        return status
+
+    with ThreadPoolExecutor(3) as pool:
+        lead = pool.submit(writer.put, _item("lead"))
+        while not writer._busy:
+            time.sleep(0.001)
+        earlier = pool.submit(put, "INPROGRESS")
+        while len(writer._pending) < 1:
+            time.sleep(0.001)
+        later = pool.submit(put, "COMPLETED")
+        lead.result()
+
+    assert earlier.result() == "superseded by a later put of the same key"
+    assert later.result() == "COMPLETED"
+    kept = client.get_item(TableName=name, Key={"id": {"S": "same"}}, ConsistentRead=True)
+    assert kept["Item"]["status"] == {"S": "COMPLETED"}
+    assert calls.groups == [["lead"], ["same"]]
+
+
+class Abort(BaseException):
+    """What no ``except Exception`` stops (as KeyboardInterrupt)."""
+
+
+def test_whatever_escapes_a_leader_leaves_nobody_waiting_and_the_writer_usable(
+    table: Any,
+) -> None:
+    client, _, read = table
+    calls, writer = Calls(client), _writer(table)
+
+    def second_call_aborts(n: int, _: Any) -> None:
+        if n == 1:
+            _queued(writer, 3)
+        elif n == 2:
+            raise Abort
+
+    calls.answer = second_call_aborts
+
+    def put(key: str) -> Any:
         try:
             writer.put(_item(key))
-            outcome[key] = read(key)
-        except NotWritten as error:
-            outcome[key] = error
+        except (NotWritten, Abort) as error:
+            return type(error).__name__
+        return read(key)
 
-    assert outcome["once"] is True
-    assert isinstance(outcome[stubborn], NotWritten)
-    assert calls.groups[:2] == [["once"], ["once"]]  # the first answer's leftover, sent again
+    with ThreadPoolExecutor(4) as pool:
+        lead = pool.submit(put, "lead")
+        while not writer._busy:
+            time.sleep(0.001)
+        followers = list(pool.map(put, ["a", "b", "c"]))
+
+    assert lead.result() is True
+    assert sorted(followers) == ["Abort", "NotWritten", "NotWritten"]  # its leader saw it
+    writer.put(_item("after"))  # not blocked behind the aborted write
+    assert read("after")
+
+
+def test_a_writer_whose_turn_does_not_come_in_time_withdraws_unwritten(
+    table: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(group_write, "WAIT_LIMIT_SECONDS", 0.2)
+    client, _, read = table
+    calls, writer = Calls(client), _writer(table)
+    calls.answer = lambda n, _: time.sleep(1.0) if n == 1 else None  # a slow first call
+
+    outcome = _put_at_once(writer, [_item("lead"), _item("late")], read)
+
+    assert outcome[0] is True
+    assert str(outcome[1]) == "its turn to be written did not come in time"
+    assert calls.groups == [["lead"]]  # withdrawn: never sent
+    assert not read("late")
+
+
+def test_a_grouped_completion_record_is_the_one_powertools_would_write(aws: Any) -> None:
+    """The put replaces Powertools' private UpdateItem: pin it to Powertools' own record, so
+    an upgrade that changes the record's attributes fails here."""
+    from aws_lambda_powertools.utilities.idempotency import (
+        DynamoDBPersistenceLayer,
+        IdempotencyConfig,
+    )
+
+    from relay.idempotency import _GroupedCompletions
+
+    client = boto3.client("dynamodb")
+    config = IdempotencyConfig(event_key_jmespath="key", payload_validation_jmespath="message")
+    data = {"key": "k", "message": {"to": "+14155550123"}}
+    records = []
+    for store in (
+        DynamoDBPersistenceLayer(table_name=aws.table, boto3_client=client),
+        _GroupedCompletions(table_name=aws.table, boto3_client=client),
+    ):
+        store.configure(config, key_prefix=type(store).__name__)
+        store.save_inprogress(data, remaining_time_in_millis=60_000)  # as under a handler
+        store.save_success(data, {"status": "delivered"})
+        [item] = [
+            i
+            for i in client.scan(TableName=aws.table)["Items"]
+            if i["id"]["S"].startswith(type(store).__name__)
+        ]
+        records.append(item)
+
+    powertools, grouped = records
+    assert set(powertools) - set(grouped) == {"in_progress_expiration"}  # read of INPROGRESS only
+    assert set(grouped) <= set(powertools)
+    for name in ("status", "data", "validation"):
+        assert grouped[name] == powertools[name]
+    assert abs(int(grouped["expiration"]["N"]) - int(powertools["expiration"]["N"])) <= 2
 
 
 def test_a_batch_writes_its_completion_records_in_fewer_calls_than_messages(

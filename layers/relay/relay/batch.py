@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 # Kept back from the Lambda's remaining time after a send, for at most three bounded AWS calls
 # (the idempotency record's write or delete; the ambiguous-send marker's write or read; a
-# dead-letter send or visibility change) and returning the batch's result.
+# dead-letter send or visibility change) and returning the batch's result. A delivery makes
+# only the first: its grouped write takes at most two calls (relay.group_write).
 BATCH_MARGIN_SECONDS = 1.0 + 3 * AWS_CALL_LIMIT_SECONDS
 
 

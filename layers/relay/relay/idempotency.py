@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     import boto3
     from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
     from aws_lambda_powertools.utilities.typing import LambdaContext
+    from mypy_boto3_dynamodb.client import DynamoDBClient
 
     from relay.message import Message
 
@@ -260,9 +261,11 @@ class _GroupedCompletions(DynamoDBPersistenceLayer):
     a claim's condition needs PutItem, and a deletion is a failure's, rare.
     """
 
-    def __init__(self, table_name: str, boto3_client: Any) -> None:
+    def __init__(self, table_name: str, boto3_client: DynamoDBClient) -> None:
         super().__init__(table_name=table_name, boto3_client=boto3_client)
-        self._completions = GroupWriter(boto3_client.batch_write_item, table_name, [self.key_attr])
+        # The key's attribute names (with a sort key, both): what two puts of one record share.
+        key = list(self._get_key("any"))
+        self._completions = GroupWriter(boto3_client.batch_write_item, table_name, key)
 
     def _update_record(self, data_record: DataRecord) -> None:
         item = {
