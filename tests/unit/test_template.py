@@ -305,6 +305,12 @@ def test_delivery_function_and_its_event_source(
     assert source["Queue"] == {"Fn::GetAtt": ["DeliveryQueue", "Arn"]}
     assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert source["BatchSize"] == {"Ref": "DeliveryBatchSize"}
+    # Its CPU follows its memory: a parameter, defaulting to the Globals' size.
+    assert props["MemorySize"] == {"Ref": "DeliveryMemorySize"}
+    assert (
+        template["Parameters"]["DeliveryMemorySize"]["Default"]
+        == template["Globals"]["Function"]["MemorySize"]
+    )
     assert source["MaximumBatchingWindowInSeconds"] == {"Ref": "DeliveryBatchingWindowSeconds"}
     assert source["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "DeliveryMaxConcurrency"}
     env = environment(template, props)
