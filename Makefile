@@ -82,7 +82,7 @@ soak: $(STAMP) ## the same harness with 50,000 messages (about an hour): docs/ru
 	$(BIN)/python -m tests.reliability.harness --messages 50000 --seed 7 \
 		--json docs/runs/soak-50000-seed7-$(RUN_ID).json
 
-bench: $(BENCH_STAMP) ## benchmarks and chart for docs/performance.md (about 50 minutes)
+bench: $(BENCH_STAMP) ## benchmarks and chart for docs/performance.md (about 40 minutes)
 	BENCH_PYTHON= $(BIN)/python -m benchmarks.cold_start
 	@# The same on CPython 3.13 (Lambda's python3.13), found as layers/relay/Makefile finds it.
 	@found=; for candidate in $(PYTHON313) python3.13 $(sort $(wildcard \

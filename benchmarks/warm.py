@@ -17,9 +17,11 @@ wall time. Two views keep that honest:
 * CPU ms per message of the handler process: moto runs in its own process and the providers in
   this one, so their work is not in it; this is the relay's own cost against the floor's;
 * relay - floor, per message: the backends are the same on both sides, so they cancel in the
-  difference: both make two AWS calls per message, every key being fresh (a conditional PutItem
-  before the send; after it, the floor's UpdateItem, the relay's one-item BatchWriteItem, as one
-  message at a time finds no write in flight to join; the relay reads no record before a send).
+  difference, with one exception: every key being fresh, both make a conditional PutItem before
+  each send and write the outcome after it, the floors with an UpdateItem a message, the relay
+  with a BatchWriteItem (relay.group_write): one item a call for the webhook, one message at a
+  time; for delivery's events of 10 records, the completions that land together share a call.
+  The relay reads no record before a send.
 """
 
 from __future__ import annotations

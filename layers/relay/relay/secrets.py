@@ -43,7 +43,7 @@ def pooled(threads: int) -> Config:
     a new TLS handshake.
 
     Without botocore's client-side parameter validation: it walks every parameter against the
-    service model on each call (6.7 % of a batch's profiled CPU, docs/performance.md) to check
+    service model on each call (about 6 % of a batch's profiled CPU, docs/performance.md) to check
     requests the relay builds in one shape each from checked values, which the service
     validates anyway.
     """
