@@ -78,7 +78,7 @@ reliability: $(STAMP) ## 2,000 messages under faults, crash, hostile input: coun
 		$(BIN)/pytest -q --hypothesis-seed=7 --hypothesis-show-statistics \
 		tests/property tests/e2e/test_schemathesis.py  # examples and events per test
 
-soak: $(STAMP) ## the same harness with 50,000 messages (about an hour): docs/runs/
+soak: $(STAMP) ## the same harness with 50,000 messages (half an hour to an hour): docs/runs/
 	$(BIN)/python -m tests.reliability.harness --messages 50000 --seed 7 \
 		--json docs/runs/soak-50000-seed7-$(RUN_ID).json
 
