@@ -68,6 +68,18 @@ def _first_call_begun(calls: Calls) -> None:
         time.sleep(0.001)
 
 
+def _held_first(writer: GroupWriter, count: int, second: Any = None) -> Any:
+    """A ``Calls.answer``: the first call held until ``count`` writers queue behind it, the
+    second answered by ``second(requests)`` (moto answers when it is None, and every later one)."""
+
+    def answer(n: int, requests: list[dict[str, Any]]) -> Any:
+        if n == 1:
+            return _queued(writer, count)
+        return second(requests) if n == 2 and second else None
+
+    return answer
+
+
 def _put_at_once(
     writer: GroupWriter, calls: Calls, items: list[dict[str, Any]], read: Any
 ) -> list[Any]:
@@ -109,7 +121,7 @@ def test_writers_that_arrive_together_share_calls_and_each_returns_once_written(
 ) -> None:
     client, _, read = table
     calls, writer = Calls(client), _writer(table)
-    calls.answer = lambda n, _: _queued(writer, 39) if n == 1 else None
+    calls.answer = _held_first(writer, 39)
     keys = [f"k{i}" for i in range(40)]
 
     outcome = _put_at_once(writer, calls, [_item(k) for k in keys], read)
@@ -135,13 +147,10 @@ def test_a_failed_call_reaches_exactly_the_writers_it_carried(table: Any) -> Non
     client, _, read = table
     calls, writer = Calls(client), _writer(table)
 
-    def second_call_fails(n: int, _: Any) -> None:
-        if n == 1:
-            _queued(writer, 9)
-        else:
-            raise ConnectionResetError("injected")
+    def fail(_: Any) -> None:
+        raise ConnectionResetError("injected")
 
-    calls.answer = second_call_fails
+    calls.answer = _held_first(writer, 9, fail)
     keys = [f"k{i}" for i in range(10)]
 
     outcome = _put_at_once(writer, calls, [_item(k) for k in keys], read)
@@ -156,9 +165,7 @@ def test_throttled_items_fail_their_writers_alone(table: Any) -> None:
     client, name, read = table
     calls, writer = Calls(client), _writer(table)
 
-    def throttle_b(n: int, requests: list[dict[str, Any]]) -> Any:
-        if n == 1:
-            return _queued(writer, 3)
+    def throttle_b(requests: list[dict[str, Any]]) -> Any:
         # DynamoDB's answer: what it did not process, for the caller to send again.
         left = [r for r in requests if _id(r["PutRequest"]["Item"]) == "b"]
         for request in requests:
@@ -167,7 +174,7 @@ def test_throttled_items_fail_their_writers_alone(table: Any) -> None:
         http = type("Http", (), {"status_code": 200, "headers": {}})()
         return http, {"UnprocessedItems": {name: left}}
 
-    calls.answer = throttle_b
+    calls.answer = _held_first(writer, 3, throttle_b)
 
     outcome = _put_at_once(writer, calls, [_item(k) for k in ("lead", "a", "b", "c")], read)
 
@@ -179,7 +186,7 @@ def test_throttled_items_fail_their_writers_alone(table: Any) -> None:
 def test_a_later_put_of_the_same_key_in_one_group_wins(table: Any) -> None:
     client, name, _ = table
     calls, writer = Calls(client), _writer(table)
-    calls.answer = lambda n, _: _queued(writer, 2) if n == 1 else None
+    calls.answer = _held_first(writer, 2)
 
     def put(status: str) -> Any:
         try:
@@ -214,13 +221,10 @@ def test_whatever_escapes_a_leader_leaves_nobody_waiting_and_the_writer_usable(
     client, _, read = table
     calls, writer = Calls(client), _writer(table)
 
-    def second_call_aborts(n: int, _: Any) -> None:
-        if n == 1:
-            _queued(writer, 3)
-        elif n == 2:
-            raise Abort
+    def abort(_: Any) -> None:
+        raise Abort
 
-    calls.answer = second_call_aborts
+    calls.answer = _held_first(writer, 3, abort)
 
     def put(key: str) -> Any:
         try:
@@ -263,13 +267,8 @@ def test_a_writer_taken_into_a_slow_write_waits_for_it_past_its_turn_limit(
     client, _, read = table
     calls, writer = Calls(client), _writer(table)
 
-    def slow_second_call(n: int, _: Any) -> None:
-        if n == 1:
-            _queued(writer, 3)
-        elif n == 2:
-            time.sleep(2.0)  # past every waiter's limit, after their group was taken
-
-    calls.answer = slow_second_call
+    # The second call outlasts every waiter's limit, after their group was taken.
+    calls.answer = _held_first(writer, 3, lambda _: time.sleep(2.0))
 
     outcome = _put_at_once(writer, calls, [_item(k) for k in ("lead", "a", "b", "c")], read)
 
