@@ -76,8 +76,12 @@ def test_the_same_key_with_another_message_is_422(webhook, lancepilot):
     assert len(lancepilot.received) == 1
 
 
-def test_a_request_still_in_progress_gets_409(webhook, aws, lancepilot):
-    lancepilot.enqueue(Fault.slow(0.4))  # under the 0.5 s read timeout of the tests
+def test_a_request_still_in_progress_gets_409(relay_env, monkeypatch, aws, lancepilot):
+    # The first send must outlast the second request and still be answered: margins of
+    # seconds both ways, not the tests' 0.5 s read timeout, which a loaded CI machine can miss.
+    monkeypatch.setenv("HTTP_READ_TIMEOUT", "5")
+    webhook = Webhook(load_function("webhook"))
+    lancepilot.enqueue(Fault.slow(1.0))
     body = lancepilot_message(idempotency_key="k-slow")
     answers = {}
     first = threading.Thread(
